@@ -1,0 +1,44 @@
+"""Archive files: JSON lines, plain or gzip, or `-` for stdin; opened and checked before use."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import sys
+from collections.abc import Iterator
+from typing import BinaryIO
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class ArchiveError(OSError):
+    """An archive that cannot be opened or read; the message names the file."""
+
+
+def open_archive(path: str) -> BinaryIO:
+    """Open an archive for binary reading; gzip is recognised by its magic bytes."""
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - the caller owns the handle
+    except OSError as exc:
+        raise ArchiveError(f"{path}: cannot open: {exc.strerror or exc}") from None
+    try:
+        head = fh.peek(2)[:2]
+    except OSError as exc:
+        fh.close()
+        raise ArchiveError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if head == GZIP_MAGIC:
+        return io.BufferedReader(gzip.GzipFile(fileobj=fh, mode="rb"), 1 << 20)
+    return fh
+
+
+def iter_lines(path: str, fh: BinaryIO) -> Iterator[bytes]:
+    """Non-blank lines without their line end (LF or CRLF)."""
+    try:
+        for line in fh:
+            line = line.rstrip(b"\r\n")
+            if line.strip():
+                yield line
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise ArchiveError(f"{path}: cannot read: {exc}") from None

@@ -1,0 +1,1 @@
+"""The `frwatch` command line."""

@@ -1,0 +1,188 @@
+"""`frwatch` entry point: argument parsing and dispatch; commands live in sibling modules."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from streams import __version__
+from streams.settings import SETTINGS, Settings, SettingsError, settings_from_env
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad usage: one line on stderr, exit 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad usage in one line and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _settings_flags(p: argparse.ArgumentParser, which: Sequence[str] | None = None) -> None:
+    group = p.add_argument_group("settings (flags override the environment variables)")
+    for field, env, default, help_text in SETTINGS:
+        if which is not None and field not in which:
+            continue
+        flag = "--" + field.replace("_", "-")
+        shown = default or "built-in catalog" if field == "rules" else default
+        group.add_argument(
+            flag, dest=f"set_{field}", metavar=env, help=f"{help_text} [env {env}, default {shown}]"
+        )
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    """Settings from the environment with this command's flags applied."""
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("set_")}
+    try:
+        return settings_from_env(overrides=overrides)
+    except SettingsError as exc:
+        raise UsageError(str(exc)) from None
+
+
+KAFKA = ("broker", "topic_requests", "topic_accounts", "topic_alerts", "topic_dlq")
+
+
+def build_parser() -> OneLineParser:
+    """The full command tree."""
+    p = OneLineParser(
+        prog="frwatch",
+        description=(
+            "Detect prohibited facial-recognition use in an AI API request stream. "
+            "Settings come from FRWATCH_* environment variables; flags override them."
+        ),
+    )
+    p.add_argument("--version", action="version", version=f"frwatch {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+
+    w = sub.add_parser("worker", help="run the live detector (Faust worker)")
+    w.add_argument("--loglevel", default="warning", choices=["debug", "info", "warning", "error"])
+    _settings_flags(w)
+
+    r = sub.add_parser("replay", help="run archived events through the detector, offline")
+    r.add_argument("--accounts", metavar="FILE", help="account records, JSON lines")
+    r.add_argument(
+        "--rules", metavar="FILE", help="rules file [env FRWATCH_RULES, default built-in]"
+    )
+    r.add_argument("--out", metavar="FILE", help="write alerts here (default stdout)")
+    r.add_argument("archives", nargs="+", metavar="ARCHIVE", help="JSON-lines file, .gz, or -")
+
+    rules = sub.add_parser("rules", help="show or check rules")
+    rsub = rules.add_subparsers(dest="rules_command", metavar="ACTION", parser_class=OneLineParser)
+    rsub.required = True
+    show = rsub.add_parser("show", help="print the loaded rules")
+    show.add_argument("--rules", metavar="FILE", help="rules file [env FRWATCH_RULES]")
+    show.add_argument("--json", action="store_true", help="one JSON object per rule")
+    check = rsub.add_parser("check", help="validate a rules file (exit 0 or 2)")
+    check.add_argument("file", metavar="FILE")
+
+    t = sub.add_parser("topics", help="manage topics")
+    tsub = t.add_subparsers(dest="topics_command", metavar="ACTION", parser_class=OneLineParser)
+    tsub.required = True
+    tc = tsub.add_parser("create", help="create the topics (idempotent)")
+    tc.add_argument(
+        "--requests-partitions",
+        type=int,
+        default=None,
+        metavar="N",
+        help="partitions of the requests topic (default: FRWATCH_PARTITIONS)",
+    )
+    _settings_flags(tc, (*KAFKA, "app_id", "partitions"))
+
+    a = sub.add_parser("accounts", help="account metadata")
+    asub = a.add_subparsers(dest="accounts_command", metavar="ACTION", parser_class=OneLineParser)
+    asub.required = True
+    al = asub.add_parser("load", help="publish account records (JSON lines) to the accounts topic")
+    al.add_argument("file", metavar="FILE")
+    _settings_flags(al, KAFKA)
+
+    pub = sub.add_parser("publish", help="publish an archive to the requests topic, in file order")
+    pub.add_argument("--batch", type=int, metavar="K", help="send K records per message (batch)")
+    pub.add_argument("archives", nargs="+", metavar="ARCHIVE")
+    _settings_flags(pub, KAFKA)
+
+    al2 = sub.add_parser("alerts", help="read alerts")
+    alsub = al2.add_subparsers(dest="alerts_command", metavar="ACTION", parser_class=OneLineParser)
+    alsub.required = True
+    tail = alsub.add_parser("tail", help="follow the alerts topic")
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--json", action="store_true", help="raw alert JSON, one per line")
+    tail.add_argument("--max", type=int, metavar="N", help="stop after N alerts")
+    tail.add_argument(
+        "--idle-exit",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this long without a new alert",
+    )
+    _settings_flags(tail, KAFKA)
+
+    b = sub.add_parser("bench", help="measure throughput and latency")
+    b.add_argument("--events", type=int, default=200_000, metavar="N")
+    b.add_argument("--batch", type=int, default=1, metavar="K", help="records per message")
+    b.add_argument("--offline", action="store_true", help="replay speed only, no broker")
+    b.add_argument("--json", action="store_true", help="end with one JSON object")
+    _settings_flags(b, (*KAFKA, "partitions"))
+    return p
+
+
+def _positive(args: argparse.Namespace, name: str) -> None:
+    v = getattr(args, name, None)
+    if v is not None and v < 1:
+        raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command; returns the exit code."""
+    for name in ("batch", "events", "max", "requests_partitions"):
+        _positive(args, name)
+    cmd = args.command
+    if cmd == "replay":
+        from streams.cli.replay_cmd import run_replay
+
+        return run_replay(args)
+    if cmd == "rules":
+        from streams.cli.rules_cmd import run_rules
+
+        return run_rules(args)
+    if cmd == "bench":
+        from streams.cli.bench import run_bench
+
+        return run_bench(args, settings_of(args))
+    settings = settings_of(args)
+    if cmd == "worker":
+        from streams.app.worker import run_worker
+
+        return run_worker(settings, args.loglevel)
+    from streams.cli import ops
+
+    handlers: dict[str, Any] = {
+        "topics": ops.run_topics,
+        "accounts": ops.run_accounts,
+        "publish": ops.run_publish,
+        "alerts": ops.run_alerts,
+    }
+    return int(handlers[cmd](args, settings))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script entry point."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return dispatch(args)
+    except UsageError as exc:
+        print(f"frwatch: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

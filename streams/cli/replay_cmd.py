@@ -1,0 +1,56 @@
+"""`frwatch replay` and its exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import BinaryIO
+
+from streams.archive import ArchiveError
+from streams.core.rules import RulesError, load_rules
+from streams.replay import load_accounts, open_all, replay, stderr_progress
+from topics.accounts import AccountDirectory
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> int:
+    print(f"frwatch replay: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """Check every input first, then replay; the summary line goes to stderr."""
+    try:
+        rules = load_rules(args.rules or os.environ.get("FRWATCH_RULES") or None)
+    except RulesError as exc:
+        return _fail(str(exc))
+    try:
+        archives = open_all(args.archives)
+        accounts = (
+            load_accounts(args.accounts, lambda m: print(m, file=sys.stderr))
+            if args.accounts
+            else AccountDirectory()
+        )
+    except (ArchiveError, ValueError) as exc:
+        return _fail(str(exc))
+    out: BinaryIO
+    if args.out:
+        try:
+            out = open(args.out, "wb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            return _fail(f"{args.out}: cannot write: {exc.strerror or exc}")
+    else:
+        out = sys.stdout.buffer
+    try:
+        summary = replay(archives, rules, accounts, out, stderr_progress())
+    except ArchiveError as exc:
+        return _fail(str(exc))
+    except BrokenPipeError:
+        return 0
+    finally:
+        if args.out:
+            out.close()
+    print(summary.to_json(), file=sys.stderr)
+    return 0

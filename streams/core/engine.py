@@ -1,0 +1,192 @@
+"""The detector: evaluates rules over event-time windows (SPEC 4.1). Pure: state is injected."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.core.classify import EnrichedEvent
+from streams.core.conditions import FIELDS
+from streams.core.rules import Requirement, Rule, RuleSet
+from streams.core.state import WindowState, WindowStore, window_key
+from streams.core.windows import window_start
+from topics.accounts import AccountRecord
+from topics.alerts import ACCOUNT_FIELDS, MAX_SAMPLES, Alert, alert_id
+
+
+@dataclass(slots=True)
+class Observation:
+    """What one event did: the rules it newly counted for, whether it was a redelivery, alerts."""
+
+    matched: list[str] = field(default_factory=list)
+    duplicate: bool = False
+    alerts: list[Alert] = field(default_factory=list)
+
+
+# returned for the many events that match no rule; never mutated
+NOTHING = Observation()
+
+
+def group_key(rule: Rule, ee: EnrichedEvent) -> str | None:
+    """The event's key for the rule's group_by; None means the rule does not apply."""
+    return ee.event.account_id if rule.group_by == "account_id" else ee.org_id
+
+
+def account_snapshot(ee: EnrichedEvent) -> dict[str, Any]:
+    """The alert's `account` block: the firing event's account, nulls when unknown."""
+    acc: AccountRecord | None = ee.account
+    if acc is None:
+        return {k: (ee.event.account_id if k == "account_id" else None) for k in ACCOUNT_FIELDS}
+    return {k: getattr(acc, k) for k in ACCOUNT_FIELDS}
+
+
+def evidence_sample(ee: EnrichedEvent) -> dict[str, Any]:
+    """Request metadata only: never images, embeddings, prompt text or subject ids."""
+    e = ee.event
+    return {
+        "event_id": e.event_id,
+        "ts": e.ts_ms,
+        "operation": e.operation,
+        "api_key_id": e.api_key_id,
+        "model": e.model,
+        "region": e.region,
+        "client_ip": e.client_ip,
+        "gallery": {"id": e.gallery.id, "kind": e.gallery.kind} if e.gallery else None,
+        "capture": {"device": e.capture.device, "setting": e.capture.setting}
+        if e.capture
+        else None,
+        "intent": {"label": e.intent.label, "score": e.intent.score} if e.intent else None,
+    }
+
+
+def _distinct_values(req: Requirement) -> Callable[[EnrichedEvent], Iterable[str]]:
+    get = FIELDS[req.field or ""][0]
+
+    def values(ee: EnrichedEvent) -> Iterable[str]:
+        v = get(ee)
+        if v is None:
+            return ()
+        if isinstance(v, tuple):
+            return v
+        return (str(v),)
+
+    return values
+
+
+def _satisfied(rule: Rule, st: WindowState) -> bool:
+    for i, req in enumerate(rule.requires):
+        have = st.req_counts[i] if req.kind == "count" else len(st.distinct[i] or ())
+        if have < req.at_least:
+            return False
+    return True
+
+
+class Detector:
+    """Runs a rule set (or the rules of one group_by scope) against enriched events."""
+
+    def __init__(self, rules: RuleSet, store: WindowStore, scope: str | None = None) -> None:
+        self.rule_set = rules
+        self.rules = tuple(r for r in rules.rules if scope is None or r.group_by == scope)
+        self.store = store
+        self.watermark_ms = 0
+        self._values = {
+            (r.id, i): _distinct_values(q)
+            for r in self.rules
+            for i, q in enumerate(r.requires)
+            if q.kind == "distinct"
+        }
+
+    def matching_rules(self, ee: EnrichedEvent) -> list[Rule]:
+        """Rules whose match condition holds and whose group key is known."""
+        return [r for r in self.rules if r.match(ee) and group_key(r, ee) is not None]
+
+    def observe(self, ee: EnrichedEvent) -> Observation:
+        """Count the event in every window it belongs to; return the alerts it fires."""
+        ts = ee.event.ts_ms
+        if ts > self.watermark_ms:
+            self.watermark_ms = ts
+        obs = NOTHING
+        for rule in self.rules:
+            if not rule.match(ee):
+                continue
+            gk = group_key(rule, ee)
+            if gk is None:
+                continue
+            if obs is NOTHING:
+                obs = Observation()
+            self._count(rule, gk, ee, obs)
+        return obs
+
+    def expire(self) -> int:
+        """Drop window states that event time has left more than 24h behind."""
+        return self.store.expire(self.watermark_ms)
+
+    def _count(self, rule: Rule, gk: str, ee: EnrichedEvent, obs: Observation) -> None:
+        e = ee.event
+        start = window_start(e.ts_ms, rule.window_ms)
+        key = window_key(rule.id, start, start + rule.window_ms, gk)
+        st = self.store.get(key)
+        if st is None:
+            st = WindowState(len(rule.requires))
+        elif e.event_id in st.ids:
+            obs.duplicate = True
+            return
+        obs.matched.append(rule.id)
+        if st.fired:
+            # fired windows stop growing: a window fires at most once
+            return
+        keep_id = False
+        for i, req in enumerate(rule.requires):
+            if req.where is not None and not req.where(ee):
+                continue
+            if req.kind == "count":
+                if st.req_counts[i] < req.at_least:
+                    keep_id = True
+                st.req_counts[i] += 1
+                continue
+            seen = st.distinct[i]
+            if seen is None:
+                seen = st.distinct[i] = []
+            if len(seen) < req.at_least:
+                # until the threshold is met every counted id is kept: a redelivery carrying
+                # new values must add nothing
+                keep_id = True
+                for v in self._values[(rule.id, i)](ee):
+                    if v not in seen:
+                        seen.append(v)
+                        if len(seen) >= req.at_least:
+                            break
+        st.count += 1
+        if keep_id:
+            st.ids.append(e.event_id)
+        if len(st.samples) < MAX_SAMPLES:
+            st.samples.append(evidence_sample(ee))
+        if _satisfied(rule, st):
+            st.fired = True
+            obs.alerts.append(self._alert(rule, gk, start, st, ee))
+            # only what recognises redeliveries survives firing
+            st.distinct = [None] * len(rule.requires)
+            st.samples = []
+        self.store.put(key, st)
+
+    def _alert(self, rule: Rule, gk: str, start: int, st: WindowState, ee: EnrichedEvent) -> Alert:
+        dreq = rule.distinct_requirement
+        distinct = None
+        if dreq is not None:
+            distinct = len(st.distinct[rule.requires.index(dreq)] or ())
+        return Alert(
+            alert_id=alert_id(rule.id, gk, start),
+            rule_id=rule.id,
+            title=rule.title,
+            clause=rule.clause,
+            severity=rule.severity,
+            group_by=rule.group_by,
+            group_key=gk,
+            account=account_snapshot(ee),
+            window_start_ms=start,
+            window_end_ms=start + rule.window_ms,
+            count=st.count,
+            distinct=distinct,
+            samples=tuple(st.samples),
+        )

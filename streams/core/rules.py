@@ -1,0 +1,291 @@
+"""The rules file: frozen, validated rule definitions; errors name the file, rule and field."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from streams.core.conditions import ConditionError, Predicate, compile_condition
+from streams.core.windows import parse_duration_ms
+
+GROUP_BY = ("account_id", "org_id")
+SEVERITIES = ("critical", "high", "medium", "low")
+DISTINCT_FIELDS = (
+    "subject_ids",
+    "api_key_id",
+    "client_ip",
+    "model",
+    "region",
+    "operation",
+    "gallery.id",
+    "account_id",
+    "event_id",
+)
+MAX_WINDOW_MS = 7 * 86_400_000
+_RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
+_RULE_KEYS = {
+    "id",
+    "title",
+    "clause",
+    "severity",
+    "tags",
+    "description",
+    "enabled",
+    "match",
+    "group_by",
+    "window",
+    "requires",
+}
+_REQUIRED_RULE_KEYS = (
+    "id",
+    "title",
+    "clause",
+    "severity",
+    "match",
+    "group_by",
+    "window",
+    "requires",
+)
+_TOP_KEYS = {"version", "lists", "conditions", "rules"}
+BUILTIN_NAME = "catalog.yaml"
+
+
+class RulesError(ValueError):
+    """An invalid rules file; the message names the file, the rule and the field."""
+
+    def __init__(self, file: str, rule: str | None, field: str | None, message: str) -> None:
+        where = f"{file}"
+        if rule is not None:
+            where += f": rule {rule}"
+        if field is not None:
+            where += f": field {field}"
+        super().__init__(f"{where}: {message}")
+        self.file, self.rule, self.field = file, rule, field
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """`count >= at_least` or `distinct(field) >= at_least` over matching events, maybe filtered."""
+
+    kind: str  # "count" or "distinct"
+    at_least: int
+    field: str | None = None
+    where: Predicate | None = None
+    where_text: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One detection rule (SPEC 4.1)."""
+
+    id: str
+    title: str
+    clause: str
+    severity: str
+    tags: tuple[str, ...]
+    group_by: str
+    window_ms: int
+    match: Predicate
+    requires: tuple[Requirement, ...]
+    source: Mapping[str, Any]  # the rule as written, for `rules show`
+
+    @property
+    def distinct_requirement(self) -> Requirement | None:
+        """The first distinct requirement, whose count `observed.distinct` reports."""
+        return next((r for r in self.requires if r.kind == "distinct"), None)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """The loaded rules file."""
+
+    rules: tuple[Rule, ...]
+    path: str
+    sha256: str
+
+    def by_id(self, rule_id: str) -> Rule:
+        """The rule with that id."""
+        for r in self.rules:
+            if r.id == rule_id:
+                return r
+        raise KeyError(rule_id)
+
+
+def _fail(file: str, rule: str | None, field: str | None, message: str) -> RulesError:
+    return RulesError(file, rule, field, message)
+
+
+def _text(rule: Mapping[str, Any], key: str, file: str, rid: str) -> str:
+    v = rule.get(key)
+    if not isinstance(v, str) or not v.strip():
+        raise _fail(file, rid, key, f"{key} must be a non-empty string")
+    return v.strip()
+
+
+def _requirement(
+    node: object,
+    i: int,
+    file: str,
+    rid: str,
+    lists: Mapping[str, tuple[Any, ...]],
+    named: Mapping[str, Predicate],
+) -> Requirement:
+    path = f"requires[{i}]"
+    if not isinstance(node, dict):
+        raise _fail(file, rid, path, "a requirement is a mapping with kind and at_least")
+    unknown = set(node) - {"kind", "at_least", "field", "where"}
+    if unknown:
+        raise _fail(file, rid, f"{path}.{sorted(unknown)[0]}", "unknown field")
+    kind = node.get("kind")
+    if kind not in ("count", "distinct"):
+        raise _fail(file, rid, f"{path}.kind", "kind must be count or distinct")
+    n = node.get("at_least")
+    if type(n) is not int or n < 1:
+        raise _fail(file, rid, f"{path}.at_least", "at_least must be an integer >= 1")
+    field = node.get("field")
+    if kind == "distinct":
+        if field not in DISTINCT_FIELDS:
+            raise _fail(
+                file,
+                rid,
+                f"{path}.field",
+                f"distinct needs a field of {', '.join(DISTINCT_FIELDS)}",
+            )
+    elif field is not None:
+        raise _fail(file, rid, f"{path}.field", "count takes no field")
+    where = None
+    if "where" in node:
+        try:
+            where = compile_condition(node["where"], f"{path}.where", lists, named)
+        except ConditionError as exc:
+            raise _fail(file, rid, exc.path, str(exc)) from None
+    return Requirement(kind, n, field, where, node.get("where"))
+
+
+def _rule(
+    node: object,
+    idx: int,
+    file: str,
+    lists: Mapping[str, tuple[Any, ...]],
+    named: Mapping[str, Predicate],
+) -> Rule:
+    if not isinstance(node, dict):
+        raise _fail(file, None, f"rules[{idx}]", "a rule is a mapping")
+    rid = node.get("id")
+    if not isinstance(rid, str) or not _RULE_ID.match(rid):
+        raise _fail(file, f"#{idx + 1}", "id", "id must be 1-64 letters, digits, _ . : -")
+    unknown = set(node) - _RULE_KEYS
+    if unknown:
+        raise _fail(file, rid, sorted(unknown)[0], "unknown field")
+    for key in _REQUIRED_RULE_KEYS:
+        if key not in node:
+            raise _fail(file, rid, key, "required field is missing")
+    severity = node["severity"]
+    if severity not in SEVERITIES:
+        raise _fail(file, rid, "severity", f"severity must be one of {', '.join(SEVERITIES)}")
+    group_by = node["group_by"]
+    if group_by not in GROUP_BY:
+        raise _fail(file, rid, "group_by", f"group_by must be one of {', '.join(GROUP_BY)}")
+    window = node["window"]
+    try:
+        if not isinstance(window, str):
+            raise ValueError("window must be a duration string such as 1h")
+        window_ms = parse_duration_ms(window)
+    except ValueError as exc:
+        raise _fail(file, rid, "window", str(exc)) from None
+    if window_ms > MAX_WINDOW_MS:
+        raise _fail(file, rid, "window", "window may be at most 7d")
+    tags = node.get("tags", [])
+    if not isinstance(tags, list) or any(not isinstance(t, str) for t in tags):
+        raise _fail(file, rid, "tags", "tags must be a list of strings")
+    try:
+        match = compile_condition(node["match"], "match", lists, named)
+    except ConditionError as exc:
+        raise _fail(file, rid, exc.path, str(exc)) from None
+    reqs = node["requires"]
+    if not isinstance(reqs, list) or not reqs:
+        raise _fail(file, rid, "requires", "requires must be a non-empty list")
+    requires = tuple(_requirement(r, i, file, rid, lists, named) for i, r in enumerate(reqs))
+    return Rule(
+        id=rid,
+        title=_text(node, "title", file, rid),
+        clause=_text(node, "clause", file, rid),
+        severity=severity,
+        tags=tuple(tags),
+        group_by=group_by,
+        window_ms=window_ms,
+        match=match,
+        requires=requires,
+        source=node,
+    )
+
+
+def parse_rules(data: bytes, file: str) -> RuleSet:
+    """Validate and compile a rules file's bytes; RulesError on the first problem."""
+    try:
+        doc = yaml.safe_load(data)
+    except yaml.YAMLError as exc:
+        raise _fail(file, None, None, f"not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise _fail(file, None, None, "a rules file is a mapping with version and rules")
+    unknown = set(doc) - _TOP_KEYS
+    if unknown:
+        raise _fail(file, None, sorted(unknown)[0], "unknown top-level field")
+    if doc.get("version") != 1:
+        raise _fail(file, None, "version", "version must be 1")
+    raw_lists = doc.get("lists") or {}
+    if not isinstance(raw_lists, dict):
+        raise _fail(file, None, "lists", "lists must map names to lists")
+    lists: dict[str, tuple[Any, ...]] = {}
+    for name, items in raw_lists.items():
+        if not isinstance(items, list) or not items:
+            raise _fail(file, None, f"lists.{name}", "a list must be a non-empty list of values")
+        lists[str(name)] = tuple(items)
+    named: dict[str, Predicate] = {}
+    raw_conds = doc.get("conditions") or {}
+    if not isinstance(raw_conds, dict):
+        raise _fail(file, None, "conditions", "conditions must map names to conditions")
+    for name, node in raw_conds.items():
+        try:
+            named[str(name)] = compile_condition(node, f"conditions.{name}", lists, named)
+        except ConditionError as exc:
+            raise _fail(file, None, exc.path, str(exc)) from None
+    raw_rules = doc.get("rules")
+    if not isinstance(raw_rules, list) or not raw_rules:
+        raise _fail(file, None, "rules", "rules must be a non-empty list")
+    rules: list[Rule] = []
+    seen: set[str] = set()
+    for i, node in enumerate(raw_rules):
+        enabled = node.get("enabled", True) if isinstance(node, dict) else True
+        if type(enabled) is not bool:
+            raise _fail(file, str(node.get("id")), "enabled", "enabled must be true or false")
+        rule = _rule(node, i, file, lists, named)
+        if rule.id in seen:
+            raise _fail(file, rule.id, "id", "duplicate rule id")
+        seen.add(rule.id)
+        if enabled:
+            rules.append(rule)
+    return RuleSet(tuple(rules), file, hashlib.sha256(data).hexdigest())
+
+
+def builtin_rules_bytes() -> bytes:
+    """The shipped policy catalog (FR-001..FR-008)."""
+    return resources.files("streams.core").joinpath(BUILTIN_NAME).read_bytes()
+
+
+def load_rules(path: str | None = None) -> RuleSet:
+    """Load a rules file, or the built-in catalog when `path` is None."""
+    if path is None:
+        return parse_rules(builtin_rules_bytes(), "builtin:" + BUILTIN_NAME)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise _fail(path, None, None, f"cannot read: {exc.strerror or exc}") from None
+    return parse_rules(data, path)

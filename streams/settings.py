@@ -1,0 +1,135 @@
+"""Settings: `FRWATCH_*` environment variables, overridden by flags; frozen and validated."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting with an invalid value; the message names the variable."""
+
+
+# (field, environment variable, default, help) — the single list the CLI and docs are built from
+SETTINGS: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "broker",
+        "FRWATCH_BROKER",
+        "kafka://127.0.0.1:9092",
+        "bootstrap servers: kafka://host:port[,host:port...] or host:port[,...]",
+    ),
+    ("app_id", "FRWATCH_APP_ID", "frwatch", "consumer group and internal-topic prefix"),
+    ("web_bind", "FRWATCH_WEB_BIND", "127.0.0.1", "address of the HTTP server serving /metrics"),
+    ("web_port", "FRWATCH_WEB_PORT", "6066", "port of the HTTP server serving /metrics"),
+    ("topic_requests", "FRWATCH_TOPIC_REQUESTS", "api.requests", "input request events"),
+    ("topic_accounts", "FRWATCH_TOPIC_ACCOUNTS", "api.accounts", "compacted account metadata"),
+    ("topic_alerts", "FRWATCH_TOPIC_ALERTS", "frwatch.alerts", "alerts for SOC analysts"),
+    ("topic_dlq", "FRWATCH_TOPIC_DLQ", "frwatch.dlq", "rejected input (dead letters)"),
+    ("rules", "FRWATCH_RULES", "", "rules file (default: the built-in catalog)"),
+    ("store", "FRWATCH_STORE", "memory://", "Faust table store (rocksdb:// for production)"),
+    (
+        "partitions",
+        "FRWATCH_PARTITIONS",
+        "4",
+        "partitions of the internal topics and window tables (fixed for an app id)",
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a frwatch process needs to reach Kafka and serve metrics."""
+
+    broker: str
+    app_id: str
+    web_bind: str
+    web_port: int
+    topic_requests: str
+    topic_accounts: str
+    topic_alerts: str
+    topic_dlq: str
+    rules: str | None
+    store: str
+    partitions: int
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """`host:port` entries for aiokafka."""
+        return [h for h in (p.strip() for p in self.broker.split(",")) if h]
+
+    @property
+    def faust_broker(self) -> str:
+        """The broker URL list in Faust's form (`kafka://h:p;kafka://h:p`)."""
+        return ";".join(f"kafka://{h}" for h in self.bootstrap_servers)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
+        """A copy with non-None values replaced and validated again."""
+        raw = {f.name: getattr(self, f.name) for f in fields(self)}
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        return _validated({k: "" if v is None else str(v) for k, v in raw.items()})
+
+    def topics(self) -> dict[str, str]:
+        """The four public topic names by role."""
+        return {
+            "requests": self.topic_requests,
+            "accounts": self.topic_accounts,
+            "alerts": self.topic_alerts,
+            "dlq": self.topic_dlq,
+        }
+
+
+def _validated(raw: Mapping[str, str]) -> Settings:
+    def env_name(field: str) -> str:
+        return next(e for f, e, _, _ in SETTINGS if f == field)
+
+    broker = raw["broker"].strip()
+    hosts = []
+    for part in broker.split(","):
+        part = part.strip()
+        if part.startswith("kafka://"):
+            part = part[len("kafka://") :]
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"{env_name('broker')}: {part!r} is not host:port")
+        hosts.append(f"{host}:{port}")
+    port_text = raw["web_port"].strip()
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise SettingsError(f"{env_name('web_port')}: {port_text!r} is not a port number")
+    parts_text = raw["partitions"].strip()
+    if not parts_text.isdigit() or not 1 <= int(parts_text) <= 1024:
+        raise SettingsError(f"{env_name('partitions')}: {parts_text!r} is not 1..1024")
+    for f in ("app_id", "topic_requests", "topic_accounts", "topic_alerts", "topic_dlq"):
+        if not raw[f].strip():
+            raise SettingsError(f"{env_name(f)} must not be empty")
+    if not raw["store"].strip():
+        raise SettingsError(f"{env_name('store')} must not be empty")
+    return Settings(
+        broker=",".join(hosts),
+        app_id=raw["app_id"].strip(),
+        web_bind=raw["web_bind"].strip() or "127.0.0.1",
+        web_port=int(port_text),
+        topic_requests=raw["topic_requests"].strip(),
+        topic_accounts=raw["topic_accounts"].strip(),
+        topic_alerts=raw["topic_alerts"].strip(),
+        topic_dlq=raw["topic_dlq"].strip(),
+        rules=raw["rules"].strip() or None,
+        store=raw["store"].strip(),
+        partitions=int(parts_text),
+    )
+
+
+def settings_from_env(
+    env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Settings from the environment (default: os.environ), then flag overrides."""
+    env = os.environ if env is None else env
+    raw = {f: env.get(var, default) for f, var, default, _ in SETTINGS}
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            raw[k] = str(v)
+    return _validated(raw)
+
+
+__all__ = ["SETTINGS", "Settings", "SettingsError", "replace", "settings_from_env"]

@@ -1,0 +1,275 @@
+"""`api.requests`: the request event (SPEC 2), single or in a `{"records": [...]}` batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from topics.dlq import MISSING_FIELD, NOT_JSON, NOT_OBJECT, OUT_OF_RANGE, WRONG_TYPE, Rejection
+from topics.timestamps import MAX_TS_MS, TimestampError, parse_rfc3339_ms
+
+GALLERY_KINDS = ("suspects", "inmates", "mugshots", "watchlist", "employees", "customers", "other")
+CAPTURE_DEVICES = ("body_camera", "dash_camera", "mobile", "cctv", "uploaded", "other")
+CAPTURE_SETTINGS = ("in_the_wild", "controlled", "other")
+INTENT_LABELS = ("identify_person", "verify_identity", "describe_scene", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class Gallery:
+    """The person group a request searched."""
+
+    id: str | None
+    kind: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """Where the image came from."""
+
+    device: str | None
+    setting: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """The upstream classifier's reading of a chat/vision request."""
+
+    label: str | None
+    score: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEvent:
+    """One validated API request; `ts_ms` is event time in epoch milliseconds."""
+
+    event_id: str
+    ts_ms: int
+    account_id: str
+    operation: str
+    api_key_id: str | None = None
+    model: str | None = None
+    region: str | None = None
+    client_ip: str | None = None
+    image_count: int = 0
+    faces_detected: int | None = None
+    subject_ids: tuple[str, ...] = ()
+    gallery: Gallery | None = None
+    capture: Capture | None = None
+    intent: Intent | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """A normalized JSON-able dict that `parse_request_record` reads back unchanged."""
+        d: dict[str, Any] = {
+            "event_id": self.event_id,
+            "ts": self.ts_ms,
+            "account_id": self.account_id,
+            "operation": self.operation,
+        }
+        for name in ("api_key_id", "model", "region", "client_ip", "faces_detected"):
+            v = getattr(self, name)
+            if v is not None:
+                d[name] = v
+        if self.image_count:
+            d["image_count"] = self.image_count
+        if self.subject_ids:
+            d["subject_ids"] = list(self.subject_ids)
+        if self.gallery is not None:
+            d["gallery"] = {"id": self.gallery.id, "kind": self.gallery.kind}
+        if self.capture is not None:
+            d["capture"] = {"device": self.capture.device, "setting": self.capture.setting}
+        if self.intent is not None:
+            d["intent"] = {"label": self.intent.label, "score": self.intent.score}
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRecord:
+    """A malformed record and its original text (what goes to the DLQ)."""
+
+    rejection: Rejection
+    raw: str
+
+
+class _Invalid(Exception):
+    def __init__(self, reason: str, field: str | None, detail: str) -> None:
+        super().__init__(detail)
+        self.rejection = Rejection(reason, field, detail)
+
+
+def _type_name(v: object) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    return "object"
+
+
+def _wrong(field: str, want: str, v: object) -> _Invalid:
+    return _Invalid(WRONG_TYPE, field, f"{field} must be {want}, got {_type_name(v)}")
+
+
+def _required_str(rec: dict[str, Any], field: str, max_len: int | None = None) -> str:
+    v = rec.get(field)
+    if v is None:
+        raise _Invalid(MISSING_FIELD, field, f"required field {field} is missing")
+    if type(v) is not str:
+        raise _wrong(field, "a string", v)
+    if not v:
+        raise _Invalid(OUT_OF_RANGE, field, f"{field} must not be empty")
+    if max_len is not None and len(v) > max_len:
+        raise _Invalid(OUT_OF_RANGE, field, f"{field} is longer than {max_len} characters")
+    return v
+
+
+def _optional_str(obj: dict[str, Any], key: str, field: str) -> str | None:
+    v = obj.get(key)
+    if v is None or type(v) is str:
+        return v
+    raise _wrong(field, "a string", v)
+
+
+def _optional_count(rec: dict[str, Any], field: str) -> int | None:
+    v = rec.get(field)
+    if v is None:
+        return None
+    if type(v) is not int:
+        raise _wrong(field, "an integer", v)
+    if v < 0:
+        raise _Invalid(OUT_OF_RANGE, field, f"{field} must be >= 0")
+    return v
+
+
+def _optional_object(rec: dict[str, Any], field: str) -> dict[str, Any] | None:
+    v = rec.get(field)
+    if v is None:
+        return None
+    if type(v) is not dict:
+        raise _wrong(field, "an object", v)
+    return v
+
+
+def parse_event_time(v: object, field: str = "ts") -> int:
+    """Event time in epoch ms from an RFC 3339 string or an integer of epoch ms."""
+    if v is None:
+        raise _Invalid(MISSING_FIELD, field, f"required field {field} is missing")
+    if type(v) is int:
+        if not 0 <= v <= MAX_TS_MS:
+            raise _Invalid(OUT_OF_RANGE, field, f"{field} must lie in 0..{MAX_TS_MS}")
+        return v
+    if type(v) is str:
+        try:
+            return parse_rfc3339_ms(v)
+        except TimestampError as exc:
+            reason = OUT_OF_RANGE if exc.kind == "range" else WRONG_TYPE
+            raise _Invalid(reason, field, f"{field}: {exc}") from None
+    raise _wrong(field, "an RFC 3339 string or integer epoch milliseconds", v)
+
+
+def _validate(rec: dict[str, Any]) -> RequestEvent:
+    event_id = _required_str(rec, "event_id", 128)
+    ts_ms = parse_event_time(rec.get("ts"))
+    account_id = _required_str(rec, "account_id")
+    operation = _required_str(rec, "operation")
+    get = rec.get
+    image_count = _optional_count(rec, "image_count") or 0
+    faces = _optional_count(rec, "faces_detected")
+    subjects: tuple[str, ...] = ()
+    sv = get("subject_ids")
+    if sv is not None:
+        if type(sv) is not list:
+            raise _wrong("subject_ids", "an array of strings", sv)
+        for s in sv:
+            if type(s) is not str:
+                raise _wrong("subject_ids", "an array of strings", s)
+        subjects = tuple(sv)
+    gallery = capture = intent = None
+    g = _optional_object(rec, "gallery")
+    if g is not None:
+        gallery = Gallery(
+            _optional_str(g, "id", "gallery.id"), _optional_str(g, "kind", "gallery.kind")
+        )
+    c = _optional_object(rec, "capture")
+    if c is not None:
+        capture = Capture(
+            _optional_str(c, "device", "capture.device"),
+            _optional_str(c, "setting", "capture.setting"),
+        )
+    i = _optional_object(rec, "intent")
+    if i is not None:
+        score = i.get("score")
+        if score is not None:
+            if type(score) is not int and type(score) is not float:
+                raise _wrong("intent.score", "a number", score)
+            if not 0 <= score <= 1:
+                raise _Invalid(OUT_OF_RANGE, "intent.score", "intent.score must lie in 0..1")
+        intent = Intent(_optional_str(i, "label", "intent.label"), score)
+    return RequestEvent(
+        event_id,
+        ts_ms,
+        account_id,
+        operation,
+        _optional_str(rec, "api_key_id", "api_key_id"),
+        _optional_str(rec, "model", "model"),
+        _optional_str(rec, "region", "region"),
+        _optional_str(rec, "client_ip", "client_ip"),
+        image_count,
+        faces,
+        subjects,
+        gallery,
+        capture,
+        intent,
+    )
+
+
+def parse_request_record(rec: object) -> RequestEvent | Rejection:
+    """Validate one decoded record (SPEC 2.1): the event, or why it is malformed."""
+    if type(rec) is not dict:
+        return Rejection(NOT_OBJECT, None, f"record must be a JSON object, got {_type_name(rec)}")
+    try:
+        return _validate(rec)
+    except _Invalid as exc:
+        return exc.rejection
+
+
+def is_batch(obj: dict[str, Any]) -> bool:
+    """A batch envelope is an object with `records` and no `event_id`."""
+    return "records" in obj and "event_id" not in obj
+
+
+def decode_request_message(data: bytes | str) -> list[RequestEvent | RejectedRecord]:
+    """Every record of one `api.requests` message (or archive line), validated on its own."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raw = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+        return [RejectedRecord(Rejection(NOT_JSON, None, f"not JSON: {exc}"), raw)]
+    if type(obj) is dict and is_batch(obj):
+        records = obj["records"]
+        if type(records) is not list:
+            raw = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+            rej = Rejection(WRONG_TYPE, "records", "records must be an array of request events")
+            return [RejectedRecord(rej, raw)]
+        out: list[RequestEvent | RejectedRecord] = []
+        for rec in records:
+            r = parse_request_record(rec)
+            if isinstance(r, Rejection):
+                # a nested batch has no event_id, so it is rejected as missing_field
+                out.append(RejectedRecord(r, orjson.dumps(rec).decode()))
+            else:
+                out.append(r)
+        return out
+    r = parse_request_record(obj)
+    if isinstance(r, Rejection):
+        raw = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+        return [RejectedRecord(r, raw)]
+    return [r]
