@@ -138,15 +138,17 @@ def decode_account_message(
     key: bytes | str | None, value: bytes | str | None
 ) -> AccountRecord | AccountTombstone | Rejection:
     """An `api.accounts` message: a record, a tombstone (null value), or why it is rejected."""
-    if value is None or value in (b"null", "null"):
-        if key is None:
-            return Rejection(MISSING_FIELD, "account_id", "tombstone without a key")
-        return AccountTombstone(key.decode("utf-8", "replace") if isinstance(key, bytes) else key)
-    try:
-        obj = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        return Rejection(NOT_JSON, None, f"not JSON: {exc}")
-    return parse_account_record(obj)
+    if value is not None:
+        try:
+            obj = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            return Rejection(NOT_JSON, None, f"not JSON: {exc}")
+        if obj is not None:
+            return parse_account_record(obj)
+    # a missing value or a JSON `null` (in any spacing) is a tombstone
+    if key is None:
+        return Rejection(MISSING_FIELD, "account_id", "tombstone without a key")
+    return AccountTombstone(key.decode("utf-8", "replace") if isinstance(key, bytes) else key)
 
 
 class AccountDirectory:

@@ -65,5 +65,10 @@ def raw_text(data: bytes | str | None) -> str:
     if data is None:
         return ""
     if isinstance(data, str):
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError:
+            # lone surrogates cannot be serialized into the DLQ record: replace them too
+            return data.encode("utf-8", errors="surrogatepass").decode("utf-8", errors="replace")
         return data
     return data.decode("utf-8", errors="replace")

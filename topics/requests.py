@@ -7,7 +7,15 @@ from typing import Any
 
 import orjson
 
-from topics.dlq import MISSING_FIELD, NOT_JSON, NOT_OBJECT, OUT_OF_RANGE, WRONG_TYPE, Rejection
+from topics.dlq import (
+    MISSING_FIELD,
+    NOT_JSON,
+    NOT_OBJECT,
+    OUT_OF_RANGE,
+    WRONG_TYPE,
+    Rejection,
+    raw_text,
+)
 from topics.timestamps import MAX_TS_MS, TimestampError, parse_rfc3339_ms
 
 GALLERY_KINDS = ("suspects", "inmates", "mugshots", "watchlist", "employees", "customers", "other")
@@ -251,25 +259,31 @@ def decode_request_message(data: bytes | str) -> list[RequestEvent | RejectedRec
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raw = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
-        return [RejectedRecord(Rejection(NOT_JSON, None, f"not JSON: {exc}"), raw)]
+        return [RejectedRecord(Rejection(NOT_JSON, None, f"not JSON: {exc}"), raw_text(data))]
     if type(obj) is dict and is_batch(obj):
         records = obj["records"]
         if type(records) is not list:
-            raw = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
             rej = Rejection(WRONG_TYPE, "records", "records must be an array of request events")
-            return [RejectedRecord(rej, raw)]
+            return [RejectedRecord(rej, raw_text(data))]
         out: list[RequestEvent | RejectedRecord] = []
         for rec in records:
             r = parse_request_record(rec)
             if isinstance(r, Rejection):
                 # a nested batch has no event_id, so it is rejected as missing_field
-                out.append(RejectedRecord(r, orjson.dumps(rec).decode()))
+                out.append(RejectedRecord(r, _record_text(rec, data)))
             else:
                 out.append(r)
         return out
     r = parse_request_record(obj)
     if isinstance(r, Rejection):
-        raw = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
-        return [RejectedRecord(r, raw)]
+        return [RejectedRecord(r, raw_text(data))]
     return [r]
+
+
+def _record_text(rec: object, message: bytes | str) -> str:
+    """One batch record as text; the whole message when the record cannot be re-serialized."""
+    try:
+        return orjson.dumps(rec).decode()
+    except orjson.JSONEncodeError:
+        # orjson writes at most 254 levels of nesting but reads 1024: never crash on a deep record
+        return raw_text(message)

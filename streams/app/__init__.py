@@ -1,0 +1,1 @@
+"""The Faust application around the pure core: agents, account feed, alert publishing, metrics."""

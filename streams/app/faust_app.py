@@ -1,0 +1,213 @@
+"""The Faust application: topics, the window table, and the three agents.
+
+api.requests --ingest--> <app>-detect (batched per partition) --detect--> frwatch.alerts
+      |                        ^ enrichment from AccountFeed           \\-> <app>-windows table
+      \\--> frwatch.dlq                                                  (changelogged)
+api.accounts --account-audit--> frwatch.dlq (rejected records only)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import orjson
+from faust.sensors.prometheus import setup_prometheus_sensors
+from prometheus_client import CollectorRegistry
+
+from streams import __version__
+from streams.app.account_feed import AccountFeed
+from streams.app.detection import DetectStage
+from streams.app.metrics import FAUST_PREFIX, DetectorMetrics
+from streams.app.publisher import AlertPublisher
+from streams.app.routing import Router
+from streams.core.rules import RuleSet
+from streams.settings import Settings
+from topics.accounts import AccountDirectory, decode_account_message
+from topics.catalog import detect_topic_name, windows_table_name
+from topics.dlq import INTERNAL_ERROR, DeadLetter, Rejection, raw_text
+
+log = logging.getLogger(__name__)
+
+EXPIRY_EVERY_S = 10.0
+
+
+@dataclass
+class Frwatch:
+    """A built (not started) frwatch application and the services the worker runs beside it."""
+
+    app: faust.App
+    feed: AccountFeed
+    publisher: AlertPublisher
+    metrics: DetectorMetrics
+    registry: CollectorRegistry
+
+
+def now_ms() -> int:
+    """Wall clock in epoch ms (the shell's clock; the core has none)."""
+    return int(time.time() * 1000)
+
+
+def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
+    """Wire the application; nothing connects until a Worker starts it."""
+    app = faust.App(
+        settings.app_id,
+        broker=settings.faust_broker,
+        store=settings.store,
+        topic_partitions=settings.partitions,
+        web_bind=settings.web_bind,
+        web_port=settings.web_port,
+        web_host=settings.web_bind,
+        web_tables_enabled=False,  # table contents hold customer ids
+        web_router_enabled=False,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        autodiscover=False,
+        # the window table's changelog: JSON keys and values (small dicts, string keys)
+        key_serializer="json",
+        value_serializer="json",
+        table_cleanup_interval=3600.0,
+    )
+    registry = CollectorRegistry()
+    setup_prometheus_sensors(app, registry=registry, name_prefix=FAUST_PREFIX)
+    metrics = DetectorMetrics(
+        registry, [r.id for r in rules.rules], {r.id: r.severity for r in rules.rules}
+    )
+    directory = AccountDirectory()
+    feed = AccountFeed(
+        settings.bootstrap_servers,
+        settings.topic_accounts,
+        directory,
+        on_change=metrics.accounts_loaded.set,
+    )
+    publisher = AlertPublisher(settings.bootstrap_servers, settings.topic_alerts)
+
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}  # we decode with orjson ourselves
+    requests_topic = app.topic(settings.topic_requests, **raw)
+    accounts_topic = app.topic(settings.topic_accounts, **raw)
+    dlq_topic = app.topic(settings.topic_dlq, **raw)
+    detect_topic = app.topic(
+        detect_topic_name(settings.app_id), internal=True, partitions=settings.partitions, **raw
+    )
+    windows = app.Table(windows_table_name(), default=None, partitions=settings.partitions)
+
+    router = Router(rules, directory, settings.partitions)
+    stage = DetectStage(rules, windows, settings.partitions)
+    metrics.watch_window_states(stage.store.entries_by_rule)
+    rules_sha = rules.sha256
+
+    async def dead_letter(key: bytes | None, letters: list[DeadLetter]) -> None:
+        for dl in letters:
+            await dlq_topic.send(key=key, value=dl.to_json())
+
+    async def internal_error(msg: Any, exc: Exception) -> None:
+        log.exception("internal error on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
+        metrics.count_results({"error": 1})
+        await dead_letter(
+            msg.key,
+            [
+                DeadLetter(
+                    Rejection(INTERNAL_ERROR, None, f"{type(exc).__name__}: {exc}"),
+                    raw_text(msg.value),
+                    msg.topic,
+                    msg.partition,
+                    msg.offset,
+                )
+            ],
+        )
+
+    @app.agent(requests_topic, name="ingest")
+    async def ingest(stream: Any) -> None:
+        await feed.ready.wait()
+        async for event in stream.events():
+            msg = event.message
+            try:
+                routed = router.route(
+                    msg.value,
+                    msg.topic,
+                    msg.partition,
+                    msg.offset,
+                    int(msg.timestamp * 1000),
+                    now_ms(),
+                )
+                for partition, items in routed.forwards.items():
+                    await detect_topic.send(
+                        value=orjson.dumps({"items": items}), partition=partition
+                    )
+                await dead_letter(msg.key, routed.dead_letters)
+            except Exception as exc:
+                await internal_error(msg, exc)
+                continue
+            metrics.count_results(
+                {
+                    "processed": routed.processed,
+                    "malformed": routed.malformed,
+                    "rejected": routed.rejected,
+                    "error": routed.error,
+                }
+            )
+            metrics.count_enrichment(routed.hits, routed.misses)
+            for lag in routed.lags_s:
+                metrics.event_lag.observe(lag)
+
+    last_expiry: dict[int, float] = {}
+
+    @app.agent(detect_topic, name="detect")
+    async def detect(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            try:
+                out = stage.observe(msg.value, msg.topic, msg.partition, msg.offset)
+                if out.alerts:
+                    detected_at = now_ms()
+                    acked_at = await publisher.publish(
+                        [
+                            (
+                                a.alert_id.encode(),
+                                a.to_json("live", detected_at, __version__, rules_sha),
+                            )
+                            for a, _ in out.alerts
+                        ]
+                    )
+                    for a, kafka_ts_ms in out.alerts:
+                        metrics.alerts.labels(a.rule_id, a.severity).inc()
+                        metrics.alert_latency.observe(max(0.0, acked_at - kafka_ts_ms / 1000))
+                # only now, with every alert acknowledged, may fired windows reach the changelog
+                stage.store.flush()
+                await dead_letter(None, out.dead_letters)
+            except Exception as exc:
+                stage.store.pending.clear()
+                await internal_error(msg, exc)
+                continue
+            metrics.count_results(
+                {"processed": out.processed, "duplicate": out.duplicate, "error": out.error}
+            )
+            for rule_id, n in out.matches.items():
+                metrics.rule_matches.labels(rule_id).inc(n)
+            now = time.monotonic()
+            if now - last_expiry.get(msg.partition, 0.0) > EXPIRY_EVERY_S:
+                last_expiry[msg.partition] = now
+                for key in stage.expired_keys(msg.partition):
+                    del windows[key]
+
+    @app.agent(accounts_topic, name="account-audit")
+    async def account_audit(stream: Any) -> None:
+        # every worker's feed applies valid records; this agent (one consumer per partition in
+        # the group) dead-letters rejected ones exactly once per cluster
+        async for event in stream.events():
+            msg = event.message
+            verdict = decode_account_message(msg.key, msg.value)
+            if isinstance(verdict, Rejection):
+                await dead_letter(
+                    msg.key,
+                    [
+                        DeadLetter(
+                            verdict, raw_text(msg.value), msg.topic, msg.partition, msg.offset
+                        )
+                    ],
+                )
+
+    return Frwatch(app, feed, publisher, metrics, registry)

@@ -1,0 +1,80 @@
+"""`frwatch bench`: replay speed offline; the live measurements need a broker."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import resource
+import sys
+import tempfile
+from typing import Any
+
+import orjson
+
+from streams.core.rules import load_rules
+from streams.replay import open_all, replay
+from streams.settings import Settings
+from streams.synthetic import SAMPLE_ACCOUNTS, bench_traffic
+from topics.accounts import AccountDirectory, parse_account_record
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def write_archive(path: str, n_events: int) -> int:
+    """Generate the bench traffic as a JSON-lines archive; returns its size in bytes."""
+    with open(path, "wb") as fh:
+        buf = []
+        for ev in bench_traffic(n_events):
+            buf.append(orjson.dumps(ev))
+            if len(buf) >= 10_000:
+                fh.write(b"\n".join(buf) + b"\n")
+                buf.clear()
+        if buf:
+            fh.write(b"\n".join(buf) + b"\n")
+    return os.path.getsize(path)
+
+
+def sample_directory() -> AccountDirectory:
+    """The sample accounts the synthetic traffic refers to."""
+    directory = AccountDirectory()
+    for rec in SAMPLE_ACCOUNTS:
+        parsed = parse_account_record(rec)
+        assert not isinstance(parsed, Exception)
+        directory.apply(parsed)  # type: ignore[arg-type]
+    return directory
+
+
+def measure_replay(path: str) -> dict[str, Any]:
+    """Replay the archive once; events/s and peak RSS."""
+    rules = load_rules()
+    sink = io.BytesIO()
+    summary = replay(open_all([path]), rules, sample_directory(), sink)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "replay_eps": round(summary.events / summary.seconds),
+        "events": summary.events,
+        "alerts": summary.alerts,
+        "seconds": round(summary.seconds, 3),
+        "peak_rss_mib": round(peak_kib / 1024, 1),
+    }
+
+
+def run_bench(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the benchmark and print a human summary (and a JSON line with --json)."""
+    with tempfile.TemporaryDirectory(prefix="frwatch-bench-") as tmp:
+        path = os.path.join(tmp, "bench.jsonl")
+        _say(f"bench: generating {args.events:,} events ...")
+        write_archive(path, args.events)
+        _say("bench: replaying ...")
+        result: dict[str, Any] = {"batch": args.batch, **measure_replay(path)}
+        if not args.offline:
+            from streams.cli.bench_live import measure_live
+
+            result.update(measure_live(settings, path, args.events, args.batch, _say))
+    _say("bench: " + ", ".join(f"{k}={v}" for k, v in result.items()))
+    if args.json:
+        print(orjson.dumps(result).decode())
+    return 0

@@ -1,0 +1,254 @@
+"""Operator commands: `topics create`, `accounts load`, `publish`, `alerts tail`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from streams.archive import ArchiveError, iter_lines
+from streams.replay import open_all
+from streams.settings import Settings
+from topics.catalog import topic_catalog
+from topics.requests import is_batch
+
+EXIT_USAGE = 2
+
+
+def _fail(cmd: str, message: str) -> int:
+    print(f"frwatch {cmd}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+async def create_topics(
+    settings: Settings, requests_partitions: int | None = None
+) -> list[tuple[str, str]]:
+    """Create the catalog's topics; returns (name, "created" | "exists")."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, client_id="frwatch-admin"
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        out = []
+        for spec in topic_catalog(
+            settings.topics(), settings.app_id, settings.partitions, requests_partitions
+        ):
+            if spec.name in existing:
+                out.append((spec.name, "exists"))
+                continue
+            try:
+                await admin.create_topics(
+                    [NewTopic(spec.name, spec.partitions, 1, topic_configs=spec.config)]
+                )
+                out.append((spec.name, "created"))
+            except TopicAlreadyExistsError:
+                out.append((spec.name, "exists"))
+        return out
+    finally:
+        await admin.close()
+
+
+def run_topics(args: argparse.Namespace, settings: Settings) -> int:
+    """`frwatch topics create`."""
+    try:
+        result = asyncio.run(create_topics(settings, args.requests_partitions))
+    except KafkaConnectionError as exc:
+        return _fail("topics create", f"cannot reach broker {settings.broker}: {exc}")
+    for name, state in result:
+        print(orjson.dumps({"topic": name, "state": state}).decode())
+    return 0
+
+
+async def _producer(settings: Settings) -> AIOKafkaProducer:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=20,
+        max_batch_size=1 << 20,
+        max_request_size=8 << 20,
+        client_id="frwatch-cli",
+    )
+    await producer.start()
+    return producer
+
+
+async def _send_all(
+    settings: Settings, topic: str, messages: Iterator[tuple[bytes | None, bytes | None]]
+) -> int:
+    producer = await _producer(settings)
+    sent = 0
+    try:
+        pending = []
+        for key, value in messages:
+            pending.append(await producer.send(topic, value=value, key=key))
+            sent += 1
+            if len(pending) >= 10_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent
+
+
+def _account_messages(path: str) -> Iterator[tuple[bytes | None, bytes | None]]:
+    ((name, fh),) = open_all([path])
+    for line in iter_lines(name, fh):
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            obj = None
+        key = obj.get("account_id") if isinstance(obj, dict) else None
+        # invalid lines are published too: the worker dead-letters them with their reason
+        yield (key.encode() if isinstance(key, str) else None), line
+
+
+def run_accounts(args: argparse.Namespace, settings: Settings) -> int:
+    """`frwatch accounts load FILE`."""
+    try:
+        n = asyncio.run(_send_all(settings, settings.topic_accounts, _account_messages(args.file)))
+    except ArchiveError as exc:
+        return _fail("accounts load", str(exc))
+    except KafkaConnectionError as exc:
+        return _fail("accounts load", f"cannot reach broker {settings.broker}: {exc}")
+    print(orjson.dumps({"topic": settings.topic_accounts, "records": n}).decode(), file=sys.stderr)
+    return 0
+
+
+def _key_of(obj: Any) -> bytes | None:
+    acct = obj.get("account_id") if isinstance(obj, dict) else None
+    return acct.encode() if isinstance(acct, str) else None
+
+
+def archive_messages(
+    paths: list[str], batch: int | None
+) -> Iterator[tuple[bytes | None, bytes | None]]:
+    """Messages for `publish`: lines as they are, or K records per batch envelope."""
+    records: list[bytes] = []
+    for name, fh in open_all(paths):
+        for line in iter_lines(name, fh):
+            if batch is None:
+                try:
+                    key = _key_of(orjson.loads(line))
+                except orjson.JSONDecodeError:
+                    key = None
+                yield key, line
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                yield None, line  # not JSON: on its own, exactly as archived
+                continue
+            if not isinstance(obj, dict):
+                yield None, line
+                continue
+            if is_batch(obj) and isinstance(obj["records"], list):
+                records.extend(orjson.dumps(r) for r in obj["records"])
+            else:
+                records.append(line)
+            while len(records) >= batch:
+                yield None, b'{"records":[' + b",".join(records[:batch]) + b"]}"
+                del records[:batch]
+    if records:
+        yield None, b'{"records":[' + b",".join(records) + b"]}"
+
+
+def run_publish(args: argparse.Namespace, settings: Settings) -> int:
+    """`frwatch publish [--batch K] ARCHIVE...`."""
+    started = time.perf_counter()
+    try:
+        msgs = archive_messages(args.archives, args.batch)
+        n = asyncio.run(_send_all(settings, settings.topic_requests, msgs))
+    except (ArchiveError, ValueError) as exc:
+        return _fail("publish", str(exc))
+    except KafkaConnectionError as exc:
+        return _fail("publish", f"cannot reach broker {settings.broker}: {exc}")
+    print(
+        orjson.dumps(
+            {
+                "topic": settings.topic_requests,
+                "messages": n,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+        ).decode(),
+        file=sys.stderr,
+    )
+    return 0
+
+
+def alert_line(alert: dict[str, Any]) -> str:
+    """One alert, readable by a person."""
+    obs = alert.get("observed", {})
+    distinct = f" distinct={obs['distinct']}" if obs.get("distinct") is not None else ""
+    win = alert.get("window", {})
+    acct = alert.get("account", {}) or {}
+    return (
+        f"{alert.get('detected_at', '?')} {str(alert.get('severity', '?')).upper():8} "
+        f"{alert.get('rule_id')} {alert.get('group_by')}={alert.get('group_key')} "
+        f"window={win.get('start')}..{win.get('end')} count={obs.get('count')}{distinct} "
+        f"sector={acct.get('sector')} country={acct.get('country')} "
+        f"id={alert.get('alert_id')} :: {alert.get('title')}"
+    )
+
+
+async def _tail(
+    settings: Settings,
+    from_beginning: bool,
+    as_json: bool,
+    max_alerts: int | None,
+    idle_exit: float | None,
+) -> int:
+    consumer = AIOKafkaConsumer(
+        settings.topic_alerts,
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        enable_auto_commit=False,
+        client_id="frwatch-tail",
+    )
+    await consumer.start()
+    seen = 0
+    last = time.monotonic()
+    try:
+        while max_alerts is None or seen < max_alerts:
+            batches = await consumer.getmany(timeout_ms=500)
+            if not batches:
+                if idle_exit is not None and time.monotonic() - last > idle_exit:
+                    break
+                continue
+            last = time.monotonic()
+            for records in batches.values():
+                for rec in records:
+                    if as_json:
+                        sys.stdout.write(rec.value.decode() + "\n")
+                    else:
+                        try:
+                            sys.stdout.write(alert_line(orjson.loads(rec.value)) + "\n")
+                        except (orjson.JSONDecodeError, AttributeError):
+                            sys.stdout.write(f"(unreadable alert at offset {rec.offset})\n")
+                    seen += 1
+            sys.stdout.flush()
+    finally:
+        await consumer.stop()
+    return 0
+
+
+def run_alerts(args: argparse.Namespace, settings: Settings) -> int:
+    """`frwatch alerts tail [--from-beginning] [--json]`."""
+    try:
+        return asyncio.run(
+            _tail(settings, args.from_beginning, args.json, args.max, args.idle_exit)
+        )
+    except KafkaConnectionError as exc:
+        return _fail("alerts tail", f"cannot reach broker {settings.broker}: {exc}")
