@@ -307,3 +307,45 @@ def bench_traffic(
         yield e
         produced += 1
         ts += step
+
+
+def live_demo_events(seed: int, now_ms: int, background: int = 400) -> list[dict[str, Any]]:
+    """Demo traffic stamped just before `now_ms`: scenarios in one hour, background around them."""
+    maker = TrafficMaker(seed=seed, start_ms=now_ms, prefix=f"demo{now_ms}")
+    hour = now_ms - now_ms % HOUR_MS
+    # scenario events span about 150 s after `anchor - 60 s`; keep them inside this hour and
+    # not more than a few seconds ahead of the wall clock
+    anchor = max(hour, now_ms - 4 * 60_000)
+    events = scenario_events(maker, anchor - 60_000 if anchor - 60_000 >= hour else hour - 60_000)
+    for e in events:
+        e["ts"] = max(min(e["ts"], now_ms), hour)
+    events += [maker.background(now_ms - maker.rng.randrange(120_000)) for _ in range(background)]
+    maker.rng.shuffle(events)
+    return events
+
+
+def _main(argv: list[str]) -> int:
+    import sys
+    import time
+
+    import orjson
+
+    if len(argv) != 2 or argv[0] not in ("accounts", "demo-events"):
+        print("usage: python -m streams.synthetic accounts|demo-events FILE", file=sys.stderr)
+        return 2
+    kind, path = argv
+    rows = (
+        SAMPLE_ACCOUNTS
+        if kind == "accounts"
+        else live_demo_events(seed=int(time.time()), now_ms=int(time.time() * 1000))
+    )
+    with open(path, "wb") as fh:
+        for row in rows:
+            fh.write(orjson.dumps(row) + b"\n")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

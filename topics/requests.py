@@ -176,10 +176,14 @@ def parse_event_time(v: object, field: str = "ts") -> int:
         return v
     if type(v) is str:
         try:
-            return parse_rfc3339_ms(v)
+            ms = parse_rfc3339_ms(v)
         except TimestampError as exc:
             reason = OUT_OF_RANGE if exc.kind == "range" else WRONG_TYPE
             raise _Invalid(reason, field, f"{field}: {exc}") from None
+        # the same bounds as integer ts, so every alert time stays a 4-digit-year RFC 3339 time
+        if not 0 <= ms <= MAX_TS_MS:
+            raise _Invalid(OUT_OF_RANGE, field, f"{field} must lie in 1970..9999 (UTC)")
+        return ms
     raise _wrong(field, "an RFC 3339 string or integer epoch milliseconds", v)
 
 

@@ -85,7 +85,10 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
     )
     publisher = AlertPublisher(settings.bootstrap_servers, settings.topic_alerts)
 
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}  # we decode with orjson ourselves
+    raw: dict[str, Any] = {
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }  # we decode with orjson ourselves
     requests_topic = app.topic(settings.topic_requests, **raw)
     accounts_topic = app.topic(settings.topic_accounts, **raw)
     dlq_topic = app.topic(settings.topic_dlq, **raw)

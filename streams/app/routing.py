@@ -21,7 +21,7 @@ from topics.dlq import FUTURE_TIMESTAMP, INTERNAL_ERROR, DeadLetter, Rejection
 from topics.requests import RejectedRecord, RequestEvent, decode_request_message
 
 FUTURE_TOLERANCE_MS = 5 * 60_000
-SCOPES = (("account_id", "a"), ("org_id", "o"))
+SCOPES = (("account_id", "a"), ("org_id", "o"))  # the order of streams.core.engine.SCOPE_ORDER
 
 
 def destination(key: str, partitions: int) -> int:

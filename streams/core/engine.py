@@ -17,12 +17,18 @@ from topics.alerts import ACCOUNT_FIELDS, MAX_SAMPLES, Alert, alert_id
 
 @dataclass(slots=True)
 class Observation:
-    """What one event did: the rules it newly counted for, whether it was a redelivery, alerts."""
+    """What one event did: rules it newly counted for, alerts, and whether it was a redelivery.
+
+    `duplicate` is decided by the event's primary scope: the first of account_id, org_id in
+    which one of its rules matched.
+    """
 
     matched: list[str] = field(default_factory=list)
     duplicate: bool = False
     alerts: list[Alert] = field(default_factory=list)
 
+
+SCOPE_ORDER = ("account_id", "org_id")
 
 # returned for the many events that match no rule; never mutated
 NOTHING = Observation()
@@ -87,7 +93,15 @@ class Detector:
 
     def __init__(self, rules: RuleSet, store: WindowStore, scope: str | None = None) -> None:
         self.rule_set = rules
-        self.rules = tuple(r for r in rules.rules if scope is None or r.group_by == scope)
+        # account rules before org rules: an event's *primary* scope is the first in which a
+        # rule matches, and only that scope decides whether the event was a redelivery, so
+        # that live (one worker per scope) and replay count duplicates alike
+        self.rules = tuple(
+            sorted(
+                (r for r in rules.rules if scope is None or r.group_by == scope),
+                key=lambda r: SCOPE_ORDER.index(r.group_by),
+            )
+        )
         self.store = store
         self.watermark_ms = 0
         self._values = {
@@ -107,6 +121,7 @@ class Detector:
         if ts > self.watermark_ms:
             self.watermark_ms = ts
         obs = NOTHING
+        primary = None
         for rule in self.rules:
             if not rule.match(ee):
                 continue
@@ -115,14 +130,17 @@ class Detector:
                 continue
             if obs is NOTHING:
                 obs = Observation()
-            self._count(rule, gk, ee, obs)
+                primary = rule.group_by
+            if self._count(rule, gk, ee, obs) and rule.group_by == primary:
+                obs.duplicate = True
         return obs
 
     def expire(self) -> int:
         """Drop window states that event time has left more than 24h behind."""
         return self.store.expire(self.watermark_ms)
 
-    def _count(self, rule: Rule, gk: str, ee: EnrichedEvent, obs: Observation) -> None:
+    def _count(self, rule: Rule, gk: str, ee: EnrichedEvent, obs: Observation) -> bool:
+        """Count the event in the rule's window; True when the window recognised a redelivery."""
         e = ee.event
         start = window_start(e.ts_ms, rule.window_ms)
         key = window_key(rule.id, start, start + rule.window_ms, gk)
@@ -130,12 +148,11 @@ class Detector:
         if st is None:
             st = WindowState(len(rule.requires))
         elif e.event_id in st.ids:
-            obs.duplicate = True
-            return
+            return True
         obs.matched.append(rule.id)
         if st.fired:
             # fired windows stop growing: a window fires at most once
-            return
+            return False
         keep_id = False
         for i, req in enumerate(rule.requires):
             if req.where is not None and not req.where(ee):
@@ -169,6 +186,7 @@ class Detector:
             st.distinct = [None] * len(rule.requires)
             st.samples = []
         self.store.put(key, st)
+        return False
 
     def _alert(self, rule: Rule, gk: str, start: int, st: WindowState, ee: EnrichedEvent) -> Alert:
         dreq = rule.distinct_requirement

@@ -1,0 +1,260 @@
+"""The live worker against the real broker: live equals replay, crash, DLQ, several workers."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from scenarios import scenario_archive, write_jsonl
+from worker_harness import (
+    Worker,
+    alert_ids_on_topic,
+    frwatch,
+    frwatch_env,
+    read_topic,
+    replay_alerts,
+    wait_for,
+)
+
+from streams.synthetic import DEFAULT_START_MS, SAMPLE_ACCOUNTS
+
+pytestmark = pytest.mark.integration
+
+
+def _prepare(
+    kafka_bootstrap: str, name: str, tmp_path: Path, hours: int = 2
+) -> tuple[dict[str, str], Path, Path]:
+    env = frwatch_env(kafka_bootstrap, name)
+    accounts, events = scenario_archive(tmp_path, hours=hours)
+    frwatch(["topics", "create"], env)
+    frwatch(["accounts", "load", str(accounts)], env)
+    return env, accounts, events
+
+
+@pytest.mark.parametrize("batch", [None, 50])
+def test_live_alerts_equal_replay(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, batch: int | None
+) -> None:
+    env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path)
+    expected, summary = replay_alerts(events, accounts, env)
+    assert {a["rule_id"] for a in expected} == {f"FR-00{i}" for i in range(1, 9)}
+    assert summary["malformed"] > 0 and summary["duplicates"] > 0
+    frwatch(["publish", *(["--batch", str(batch)] if batch else []), str(events)], env)
+    worker = Worker(env, tmp_path / "w").start()
+    try:
+        wait_for(
+            lambda: worker.records_counted() >= summary["events"],
+            120,
+            "every record counted",
+            worker,
+        )
+        want = {a["alert_id"] for a in expected}
+        wait_for(
+            lambda: set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want,
+            30,
+            "all alerts on the topic",
+            worker,
+        )
+        time.sleep(1.0)  # anything extra would arrive now
+        live = alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])
+        assert set(live) == want
+        assert len(live) == len(want), "no alert repeats without a crash"
+        assert worker.records_counted() == summary["events"]
+        assert worker.metric("frwatch_events_total", result="malformed") == summary["malformed"]
+        assert worker.metric("frwatch_events_total", result="duplicate") == summary["duplicates"]
+        assert worker.metric("frwatch_alerts_total") == len(want)
+        assert worker.metric("frwatch_accounts_loaded") == len(SAMPLE_ACCOUNTS) - 1
+    finally:
+        worker.stop()
+    # the alert documents are complete SPEC 5 alerts in live mode, keyed by alert_id
+    msgs = read_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])
+    by_id = {a["alert_id"]: a for a in expected}
+    for key, value in msgs:
+        alert = orjson.loads(value or b"{}")
+        assert key == alert["alert_id"].encode()
+        assert alert["mode"] == "live"
+        ref = by_id[alert["alert_id"]]
+        for field in ("rule_id", "group_key", "group_by", "window", "severity", "title"):
+            assert alert[field] == ref[field], field
+        # which event fires (so its account and the counts) may depend on arrival order
+        # across input partitions; for account-level rules the account is always the same
+        if alert["group_by"] == "account_id":
+            assert alert["account"] == ref["account"]
+        assert alert["observed"]["count"] >= 1
+        assert 1 <= len(alert["evidence"]["samples"]) <= 10
+
+
+def test_kcat_reads_alerts_as_an_analyst_would(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path, hours=1)
+    expected, summary = replay_alerts(events, accounts, env)
+    frwatch(["publish", str(events)], env)
+    worker = Worker(env, tmp_path / "w").start()
+    try:
+        wait_for(
+            lambda: worker.metric("frwatch_alerts_total") >= len(expected), 90, "alerts", worker
+        )
+    finally:
+        worker.stop()
+    out = subprocess.run(
+        [
+            "kcat",
+            "-C",
+            "-b",
+            kafka_bootstrap,
+            "-t",
+            env["FRWATCH_TOPIC_ALERTS"],
+            "-e",
+            "-q",
+            "-f",
+            "%k\t%s\n",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    ).stdout.decode()
+    rows = [line.split("\t", 1) for line in out.splitlines() if line.strip()]
+    assert {k for k, _ in rows} == {a["alert_id"] for a in expected}
+    for key, value in rows:
+        doc = orjson.loads(value)
+        assert doc["schema"] == "frwatch.alert/v1" and doc["alert_id"] == key
+
+
+def test_crash_repeats_but_never_loses_alerts(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path, hours=12)
+    expected, summary = replay_alerts(events, accounts, env)
+    want = {a["alert_id"] for a in expected}
+    frwatch(["publish", str(events)], env)
+    first = Worker(env, tmp_path / "w1").start()
+    wait_for(
+        lambda: first.metric("frwatch_alerts_total") >= len(want) // 4,
+        120,
+        "a quarter of the alerts",
+        first,
+    )
+    first.kill(signal.SIGKILL)
+    partial = alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])
+    assert 0 < len(set(partial)) < len(want), "the kill must land mid-archive"
+    second = Worker(env, tmp_path / "w2").start()
+    try:
+        wait_for(
+            lambda: set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want,
+            180,
+            "the complete alert set after restart",
+            second,
+        )
+        time.sleep(2.0)
+        final = alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])
+    finally:
+        second.stop()
+    assert set(final) == want
+    repeats = len(final) - len(set(final))
+    print(
+        f"\ncrash test: {len(want)} alerts, {len(set(partial))} before the kill, "
+        f"{repeats} repeated after restart"
+    )
+
+
+def test_malformed_and_rejected_input_goes_to_the_dlq(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    env = frwatch_env(kafka_bootstrap, unique_name)
+    frwatch(["topics", "create"], env)
+    now = int(time.time() * 1000)
+    good = {
+        "event_id": "ok-1",
+        "ts": DEFAULT_START_MS,
+        "account_id": "acct-a",
+        "operation": "chat.completions",
+    }
+    lines = [
+        (b"\xff\xfe not json", "not_json", None),
+        (b'"just a string"', "not_object", None),
+        (orjson.dumps({**good, "event_id": None}), "missing_field", "event_id"),
+        (orjson.dumps({**good, "image_count": 1.0}), "wrong_type", "image_count"),
+        (
+            orjson.dumps({**good, "intent": {"label": "identify_person", "score": 7}}),
+            "out_of_range",
+            "intent.score",
+        ),
+        (orjson.dumps({**good, "ts": "2026-11-18T07:00:00"}), "wrong_type", "ts"),
+        (
+            orjson.dumps({**good, "event_id": "fut-1", "ts": now + 3_600_000}),
+            "future_timestamp",
+            "ts",
+        ),
+        (orjson.dumps({"records": [good, {**good, "account_id": 5}]}), "wrong_type", "account_id"),
+    ]
+    archive = write_jsonl(tmp_path / "bad.jsonl", [line for line, _, _ in lines])
+    write_jsonl(
+        tmp_path / "acc.jsonl",
+        [SAMPLE_ACCOUNTS[0], {"account_id": "acct-metro-pd", "country": "usa"}],
+    )
+    frwatch(["accounts", "load", str(tmp_path / "acc.jsonl")], env)
+    frwatch(["publish", str(archive)], env)
+    worker = Worker(env, tmp_path / "w").start()
+    try:
+        wait_for(lambda: worker.records_counted() >= len(lines) + 1, 90, "records", worker)
+        dlq = wait_for(
+            lambda: (
+                (d := read_topic(kafka_bootstrap, env["FRWATCH_TOPIC_DLQ"]))
+                and len(d) >= len(lines) + 1
+                and d
+            ),
+            30,
+            "dead letters",
+            worker,
+        )
+        assert worker.metric("frwatch_events_total", result="processed") == 1
+        assert worker.metric("frwatch_events_total", result="malformed") == len(lines) - 1
+        assert worker.metric("frwatch_events_total", result="rejected") == 1
+        # the rejected account update did not replace the valid record before it
+        assert worker.metric("frwatch_accounts_loaded") == 1
+    finally:
+        worker.stop()
+    letters = [orjson.loads(v) for _, v in dlq]
+    got = sorted((d["reason"], d["field"]) for d in letters)
+    want = sorted([(r, f) for _, r, f in lines] + [("out_of_range", "country")])
+    assert got == want
+    for d in letters:
+        assert set(d) == {"reason", "field", "detail", "raw", "topic", "partition", "offset"}
+        assert d["detail"] and isinstance(d["offset"], int)
+    raws = {d["raw"] for d in letters}
+    assert '"just a string"' in raws
+    assert orjson.dumps({**good, "account_id": 5}).decode() in raws
+
+
+def test_two_workers_share_the_work(kafka_bootstrap: str, unique_name: str, tmp_path: Path) -> None:
+    env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path, hours=3)
+    expected, summary = replay_alerts(events, accounts, env)
+    workers = [Worker(env, tmp_path / f"w{i}").start() for i in range(2)]
+    try:
+        time.sleep(3.0)  # let the group settle on two members
+        frwatch(["publish", "--batch", "20", str(events)], env)
+        wait_for(
+            lambda: sum(w.records_counted() for w in workers) >= summary["events"],
+            150,
+            "every record counted across both workers",
+            workers[0],
+        )
+        want = {a["alert_id"] for a in expected}
+        wait_for(
+            lambda: set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want,
+            30,
+            "all alerts",
+            workers[0],
+        )
+        assert set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) == want
+        # both workers know every account (each reads the whole accounts topic)
+        for w in workers:
+            assert w.metric("frwatch_accounts_loaded") == len(SAMPLE_ACCOUNTS) - 1
+    finally:
+        for w in workers:
+            w.stop()

@@ -1,0 +1,212 @@
+"""Run real `frwatch` processes against the test broker: worker, publish, replay, topics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def frwatch_env(bootstrap: str, name: str, **extra: str) -> dict[str, str]:
+    """Environment for frwatch commands with this test's own topics and app id."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "FRWATCH_BROKER": bootstrap,
+            "FRWATCH_APP_ID": name,
+            "FRWATCH_TOPIC_REQUESTS": f"{name}.requests",
+            "FRWATCH_TOPIC_ACCOUNTS": f"{name}.accounts",
+            "FRWATCH_TOPIC_ALERTS": f"{name}.alerts",
+            "FRWATCH_TOPIC_DLQ": f"{name}.dlq",
+            "FRWATCH_PARTITIONS": "4",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def frwatch(
+    args: list[str], env: dict[str, str], stdin: bytes | None = None, timeout: float = 120.0
+) -> subprocess.CompletedProcess[bytes]:
+    """Run one frwatch command to completion (raises on a non-zero exit)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "streams.cli.main", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"frwatch {' '.join(args)} exited {proc.returncode}:\n{proc.stderr.decode()[-3000:]}"
+        )
+    return proc
+
+
+class Worker:
+    """A `frwatch worker` subprocess with its own web port and working directory."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.port = free_port()
+        self.env = {**env, "FRWATCH_WEB_PORT": str(self.port)}
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / f"worker-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        """Launch and wait until /metrics answers."""
+        log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli.main", "worker", "--loglevel", "info"],
+            env=self.env,
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: self.metrics_text() is not None, 90, "worker /metrics", self)
+        return self
+
+    def metrics_text(self) -> str | None:
+        """The /metrics page, or None when the worker does not answer."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+                return str(r.read().decode())
+        except OSError:
+            return None
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` whose labels include `labels`."""
+        text = self.metrics_text() or ""
+        total = 0.0
+        for line in text.splitlines():
+            if not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            metric, _, label_text = head.partition("{")
+            if metric != name:
+                continue
+            if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    def records_counted(self) -> int:
+        """Input records counted in frwatch_events_total under any result."""
+        return int(self.metric("frwatch_events_total"))
+
+    def log_tail(self, n: int = 60) -> str:
+        """The end of the worker's log."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send a signal and reap the process."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM)."""
+        self.kill(signal.SIGTERM)
+
+
+def wait_for(
+    cond: Callable[[], Any], timeout: float, what: str, worker: Worker | None = None
+) -> Any:
+    """Poll `cond` until truthy; on timeout fail with the worker log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.25)
+    tail = f"\n--- worker log:\n{worker.log_tail()}" if worker is not None else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}{tail}")
+
+
+async def _read_all(
+    bootstrap: str, topic: str, idle_s: float, max_s: float
+) -> list[tuple[bytes | None, bytes | None]]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        deadline = time.monotonic() + max_s
+        while not parts and time.monotonic() < deadline:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic)
+            await asyncio.sleep(0.2)
+        if not parts:
+            return []
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[tuple[bytes | None, bytes | None]] = []
+        while True:
+            positions = {tp: await consumer.position(tp) for tp in tps}
+            if all(positions[tp] >= ends[tp] for tp in tps):
+                break
+            batches = await consumer.getmany(timeout_ms=int(idle_s * 1000))
+            for recs in batches.values():
+                out.extend((r.key, r.value) for r in recs)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def read_topic(
+    bootstrap: str, topic: str, idle_s: float = 1.0, max_s: float = 30.0
+) -> list[tuple[bytes | None, bytes | None]]:
+    """Every message of a topic up to its current end offsets."""
+    return asyncio.run(_read_all(bootstrap, topic, idle_s, max_s))
+
+
+def alert_ids_on_topic(bootstrap: str, topic: str) -> list[str]:
+    """alert_id of every alert message, repeats included."""
+    return [orjson.loads(v)["alert_id"] for _, v in read_topic(bootstrap, topic) if v]
+
+
+def replay_alerts(
+    archive: Path, accounts: Path, env: dict[str, str]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`frwatch replay` of the same files: alerts and the summary line."""
+    proc = frwatch(["replay", "--accounts", str(accounts), str(archive)], env)
+    alerts = [orjson.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    summary = orjson.loads(proc.stderr.decode().strip().splitlines()[-1])
+    return alerts, summary
