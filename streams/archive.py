@@ -29,16 +29,22 @@ def open_archive(path: str) -> BinaryIO:
         fh.close()
         raise ArchiveError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if head == GZIP_MAGIC:
-        return io.BufferedReader(gzip.GzipFile(fileobj=fh, mode="rb"), 1 << 20)
+        reader = io.BufferedReader(gzip.GzipFile(fileobj=fh, mode="rb"), 1 << 20)
+        try:
+            reader.peek(1)  # a broken gzip header fails now, before any output
+        except (OSError, EOFError) as exc:
+            fh.close()
+            raise ArchiveError(f"{path}: not a readable gzip file: {exc}") from None
+        return reader
     return fh
 
 
-def iter_lines(path: str, fh: BinaryIO) -> Iterator[bytes]:
-    """Non-blank lines without their line end (LF or CRLF)."""
+def iter_lines(path: str, fh: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """(physical line number, line) of non-blank lines, without their LF or CRLF."""
     try:
-        for line in fh:
+        for n, line in enumerate(fh, start=1):
             line = line.rstrip(b"\r\n")
             if line.strip():
-                yield line
+                yield n, line
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise ArchiveError(f"{path}: cannot read: {exc}") from None

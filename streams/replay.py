@@ -48,7 +48,7 @@ def load_accounts(path: str, warn: Callable[[str], None]) -> AccountDirectory:
     """Account records (JSON lines) applied in file order; a bad line is warned about and skipped."""
     directory = AccountDirectory()
     fh = open_archive(path)
-    for n, line in enumerate(iter_lines(path, fh), start=1):
+    for n, line in iter_lines(path, fh):
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
@@ -112,7 +112,7 @@ def replay(
     rules_sha = rules.sha256
     ticking = progress is not None and progress.enabled
     for path, fh in archives:
-        for line in iter_lines(path, fh):
+        for _, line in iter_lines(path, fh):
             for rec in decode_request_message(line):
                 summary.events += 1
                 if type(rec) is RejectedRecord:

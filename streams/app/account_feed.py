@@ -15,6 +15,7 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
 
+from streams.kafkaio import assign_from_beginning
 from topics.accounts import AccountDirectory, decode_account_message
 from topics.dlq import Rejection
 
@@ -51,17 +52,6 @@ class AccountFeed(Service):
             return
         self.directory.apply(update)
 
-    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        deadline = time.monotonic() + self.catch_up_timeout
-        while True:
-            parts = consumer.partitions_for_topic(self.topic)
-            if parts:
-                return [TopicPartition(self.topic, p) for p in sorted(parts)]
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"accounts topic {self.topic!r} not found")
-            await consumer._client.force_metadata_update()
-            await asyncio.sleep(0.5)
-
     async def on_start(self) -> None:
         """Read every partition from the beginning up to its end offset before returning."""
         consumer = AIOKafkaConsumer(
@@ -73,10 +63,7 @@ class AccountFeed(Service):
         )
         await consumer.start()
         self._consumer = consumer
-        tps = await self._partitions(consumer)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
+        ends = await assign_from_beginning(consumer, self.topic, self.catch_up_timeout)
         started = time.monotonic()
         while await self._behind(consumer, ends):
             await self._poll_once(consumer)

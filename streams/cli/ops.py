@@ -104,7 +104,7 @@ async def _send_all(
 
 def _account_messages(path: str) -> Iterator[tuple[bytes | None, bytes | None]]:
     ((name, fh),) = open_all([path])
-    for line in iter_lines(name, fh):
+    for _, line in iter_lines(name, fh):
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -137,7 +137,7 @@ def archive_messages(
     """Messages for `publish`: lines as they are, or K records per batch envelope."""
     records: list[bytes] = []
     for name, fh in open_all(paths):
-        for line in iter_lines(name, fh):
+        for _, line in iter_lines(name, fh):
             if batch is None:
                 try:
                     key = _key_of(orjson.loads(line))

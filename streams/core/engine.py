@@ -29,6 +29,7 @@ class Observation:
 
 
 SCOPE_ORDER = ("account_id", "org_id")
+MAX_IDS_PER_WINDOW = 10_000  # beyond this a window stops recognising redeliveries
 
 # returned for the many events that match no rule; never mutated
 NOTHING = Observation()
@@ -153,29 +154,26 @@ class Detector:
         if st.fired:
             # fired windows stop growing: a window fires at most once
             return False
-        keep_id = False
         for i, req in enumerate(rule.requires):
             if req.where is not None and not req.where(ee):
                 continue
             if req.kind == "count":
-                if st.req_counts[i] < req.at_least:
-                    keep_id = True
                 st.req_counts[i] += 1
                 continue
             seen = st.distinct[i]
             if seen is None:
                 seen = st.distinct[i] = []
-            if len(seen) < req.at_least:
-                # until the threshold is met every counted id is kept: a redelivery carrying
-                # new values must add nothing
-                keep_id = True
+            if len(seen) < req.at_least:  # distinct values are kept only up to the threshold
                 for v in self._values[(rule.id, i)](ee):
                     if v not in seen:
                         seen.append(v)
                         if len(seen) >= req.at_least:
                             break
         st.count += 1
-        if keep_id:
+        # Until the window fires, every counted id is kept: a redelivery must add nothing
+        # whatever its other fields (a redelivered enrolment re-sent as an identification
+        # must not complete FR-007). A window that never fires is bounded by the safety cap.
+        if len(st.ids) < MAX_IDS_PER_WINDOW:
             st.ids.append(e.event_id)
         if len(st.samples) < MAX_SAMPLES:
             st.samples.append(evidence_sample(ee))

@@ -232,13 +232,16 @@ def parse_rules(data: bytes, file: str) -> RuleSet:
     try:
         doc = yaml.safe_load(data)
     except yaml.YAMLError as exc:
-        raise _fail(file, None, None, f"not valid YAML: {str(exc).splitlines()[0]}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise _fail(file, None, None, f"not valid YAML{where}: {problem}") from None
     if not isinstance(doc, dict):
         raise _fail(file, None, None, "a rules file is a mapping with version and rules")
     unknown = set(doc) - _TOP_KEYS
     if unknown:
         raise _fail(file, None, sorted(unknown)[0], "unknown top-level field")
-    if doc.get("version") != 1:
+    if type(doc.get("version")) is not int or doc.get("version") != 1:
         raise _fail(file, None, "version", "version must be 1")
     raw_lists = doc.get("lists") or {}
     if not isinstance(raw_lists, dict):

@@ -92,7 +92,7 @@ def test_kcat_reads_alerts_as_an_analyst_would(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
     env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path, hours=1)
-    expected, summary = replay_alerts(events, accounts, env)
+    expected, _ = replay_alerts(events, accounts, env)
     frwatch(["publish", str(events)], env)
     worker = Worker(env, tmp_path / "w").start()
     try:
@@ -129,7 +129,7 @@ def test_crash_repeats_but_never_loses_alerts(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
     env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path, hours=12)
-    expected, summary = replay_alerts(events, accounts, env)
+    expected, _ = replay_alerts(events, accounts, env)
     want = {a["alert_id"] for a in expected}
     frwatch(["publish", str(events)], env)
     first = Worker(env, tmp_path / "w1").start()

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
+
+from streams.kafkaio import assign_from_beginning
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -165,18 +167,11 @@ async def _read_all(
     )
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic)
-        deadline = time.monotonic() + max_s
-        while not parts and time.monotonic() < deadline:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic)
-            await asyncio.sleep(0.2)
-        if not parts:
+        try:
+            ends = await assign_from_beginning(consumer, topic, max_s)
+        except RuntimeError:
             return []
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
+        tps = list(ends)
         out: list[tuple[bytes | None, bytes | None]] = []
         while True:
             positions = {tp: await consumer.position(tp) for tp in tps}

@@ -1,0 +1,266 @@
+"""The live half of `frwatch bench`: raw consume limit, Faust floor, the real worker, latency."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from streams.cli.ops import _send_all, archive_messages, create_topics
+from streams.kafkaio import assign_from_beginning
+from streams.settings import Settings, settings_from_env
+from streams.synthetic import SAMPLE_ACCOUNTS, TrafficMaker
+
+Say = Callable[[str], None]
+
+
+def _bench_settings(base: Settings, name: str, port: int) -> Settings:
+    return settings_from_env(
+        {},
+        {
+            "broker": base.broker,
+            "app_id": name,
+            "web_bind": "127.0.0.1",
+            "web_port": port,
+            "topic_requests": f"{name}.requests",
+            "topic_accounts": f"{name}.accounts",
+            "topic_alerts": f"{name}.alerts",
+            "topic_dlq": f"{name}.dlq",
+            "partitions": base.partitions,
+            "store": "memory://",
+        },
+    )
+
+
+def _env(s: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "FRWATCH_BROKER": s.broker,
+        "FRWATCH_APP_ID": s.app_id,
+        "FRWATCH_WEB_BIND": s.web_bind,
+        "FRWATCH_WEB_PORT": str(s.web_port),
+        "FRWATCH_TOPIC_REQUESTS": s.topic_requests,
+        "FRWATCH_TOPIC_ACCOUNTS": s.topic_accounts,
+        "FRWATCH_TOPIC_ALERTS": s.topic_alerts,
+        "FRWATCH_TOPIC_DLQ": s.topic_dlq,
+        "FRWATCH_PARTITIONS": str(s.partitions),
+        "FRWATCH_STORE": s.store,
+    }
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _raw_consume(s: Settings, expected: int, batched: bool) -> float:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=s.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 << 20,
+        fetch_max_bytes=64 << 20,
+    )
+    await consumer.start()
+    try:
+        await assign_from_beginning(consumer, s.topic_requests)
+        n, first = 0, 0.0
+        loads = orjson.loads
+        while n < expected:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            if not first and batches:
+                first = time.perf_counter()
+            for recs in batches.values():
+                for r in recs:
+                    doc = loads(r.value)
+                    n += len(doc["records"]) if batched else 1
+        return n / (time.perf_counter() - first)
+    finally:
+        await consumer.stop()
+
+
+def _metric(port: int, name: str) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return -1.0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def _latency(s: Settings, rate: float, seconds: float, say: Say) -> list[float]:
+    """Offer `rate` events/s with a violation every 50 ms; ms from send to alert readable."""
+    maker = TrafficMaker(seed=99, prefix=f"lat{uuid.uuid4().hex[:6]}")
+    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, linger_ms=2)
+    consumer = AIOKafkaConsumer(
+        s.topic_alerts,
+        bootstrap_servers=s.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="latest",
+    )
+    await producer.start()
+    await consumer.start()
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+
+    async def read_alerts() -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=100)
+            now = time.time()
+            for recs in batches.values():
+                for r in recs:
+                    key = orjson.loads(r.value)["group_key"]
+                    if key in sent_at:
+                        latencies.append((now - sent_at.pop(key)) * 1000)
+
+    reader = asyncio.create_task(read_alerts())
+    try:
+        await asyncio.sleep(1.0)  # the consumer's partition assignment settles
+        tick = 0.01
+        per_tick = max(1, int(rate * tick))
+        start = time.time()
+        i = 0
+        while time.time() - start < seconds:
+            t0 = time.time()
+            now_ms = int(t0 * 1000)
+            for _ in range(per_tick):
+                await producer.send(s.topic_requests, orjson.dumps(maker.background(now_ms)))
+            if i % 5 == 0:  # every 50 ms a new unknown account identifies someone: FR-008
+                acct = f"lat-acct-{uuid.uuid4().hex[:10]}"
+                ev = maker.event(acct, "face.identify", now_ms, image_count=1)
+                sent_at[acct] = time.time()
+                await producer.send(s.topic_requests, orjson.dumps(ev), key=acct.encode())
+            i += 1
+            await asyncio.sleep(max(0.0, tick - (time.time() - t0)))
+        await producer.flush()
+        deadline = time.time() + 10
+        while sent_at and time.time() < deadline:
+            await asyncio.sleep(0.1)
+        if sent_at:
+            say(f"bench: {len(sent_at)} latency probes got no alert within 10 s")
+    finally:
+        reader.cancel()
+        await producer.stop()
+        await consumer.stop()
+    return latencies
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def measure_live(
+    base: Settings, archive: str, n_events: int, batch: int, say: Say
+) -> dict[str, Any]:
+    """Everything but replay_eps, on a fresh topic of the configured broker."""
+    name = f"frwatch-bench-{uuid.uuid4().hex[:8]}"
+    s = _bench_settings(base, name, _free_port())
+    batched = batch > 1
+    asyncio.run(create_topics(s))
+    accounts = [(a["account_id"].encode(), orjson.dumps(a)) for a in SAMPLE_ACCOUNTS]
+    asyncio.run(_send_all(s, s.topic_accounts, iter(accounts)))
+    say(f"bench: publishing {n_events:,} events to {s.topic_requests} (batch {batch}) ...")
+    asyncio.run(
+        _send_all(s, s.topic_requests, archive_messages([archive], batch if batched else None))
+    )
+
+    say("bench: raw aiokafka consume ...")
+    raw_eps = asyncio.run(_raw_consume(s, n_events, batched))
+
+    say("bench: minimal Faust agent (the floor) ...")
+    floor = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams.cli.bench_floor",
+            s.broker,
+            s.topic_requests,
+            str(n_events),
+            str(batch),
+        ],
+        capture_output=True,
+        timeout=900,
+    )
+    floor_eps = None
+    if floor.returncode == 0:
+        last_line = floor.stdout.splitlines()[-1]  # Faust's spinner may precede the JSON
+        floor_eps = orjson.loads(last_line[last_line.index(b"{") :])["faust_floor_eps"]
+
+    say("bench: the frwatch worker ...")
+    with tempfile.TemporaryDirectory(prefix="frwatch-bench-worker-") as wd:
+        log = open(os.path.join(wd, "worker.log"), "wb")  # noqa: SIM115
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli.main", "worker"],
+            env=_env(s),
+            cwd=wd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            first = last = 0.0
+            deadline = time.monotonic() + 1800
+            while time.monotonic() < deadline:
+                if worker.poll() is not None:
+                    raise RuntimeError(f"worker exited {worker.returncode}")
+                n = _metric(s.web_port, "frwatch_events_total")
+                now = time.perf_counter()
+                if n > 0 and not first:
+                    first = now
+                if n >= n_events:
+                    last = now
+                    break
+                time.sleep(0.02)
+            detector_eps = n_events / (last - first) if last > first else 0.0
+            rss = _rss_mib(worker.pid)
+            say(f"bench: latency at {detector_eps / 2:,.0f} events/s offered ...")
+            lat = asyncio.run(_latency(s, detector_eps / 2, 10.0, say))
+        finally:
+            worker.terminate()
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+            log.close()
+    return {
+        "raw_consume_eps": round(raw_eps),
+        "faust_floor_eps": floor_eps,
+        "detector_eps": round(detector_eps),
+        "ratio": round(detector_eps / raw_eps, 3) if raw_eps else None,
+        "alert_latency_ms": {
+            "p50": round(_percentile(lat, 0.5), 1),
+            "p99": round(_percentile(lat, 0.99), 1),
+            "probes": len(lat),
+        },
+        "worker_rss_mib": round(rss, 1),
+        "median_probe_ms": round(statistics.median(lat), 1) if lat else None,
+    }
