@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import sys
+import zlib
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -29,14 +30,21 @@ def open_archive(path: str) -> BinaryIO:
         fh.close()
         raise ArchiveError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if head == GZIP_MAGIC:
-        reader = io.BufferedReader(gzip.GzipFile(fileobj=fh, mode="rb"), 1 << 20)
-        try:
-            reader.peek(1)  # a broken gzip header fails now, before any output
-        except (OSError, EOFError) as exc:
-            fh.close()
-            raise ArchiveError(f"{path}: not a readable gzip file: {exc}") from None
-        return reader
+        _check_gzip(path, fh)
+        return io.BufferedReader(gzip.GzipFile(fileobj=fh, mode="rb"), 1 << 20)
     return fh
+
+
+def _check_gzip(path: str, fh: BinaryIO) -> None:
+    """Decompress the whole file once, so that a damaged archive fails before any output."""
+    try:
+        with gzip.GzipFile(fileobj=fh, mode="rb") as gz:
+            while gz.read(1 << 22):
+                pass
+        fh.seek(0)
+    except (OSError, EOFError, zlib.error) as exc:
+        fh.close()
+        raise ArchiveError(f"{path}: not a readable gzip file: {exc}") from None
 
 
 def iter_lines(path: str, fh: BinaryIO) -> Iterator[tuple[int, bytes]]:

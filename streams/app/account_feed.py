@@ -2,7 +2,7 @@
 
 Not a Faust GlobalTable on purpose: a GlobalTable applies raw changelog values, so a rejected
 record would overwrite the account's previous state, and its recovery has known stalls
-(see docs/design.md). This feed validates every record and keeps the last valid state.
+(see docs/operations.md, "The live path"). This feed validates every record and keeps the last valid state.
 """
 
 from __future__ import annotations

@@ -15,15 +15,16 @@ from typing import Any
 
 import faust
 import orjson
-from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry
 
 from streams import __version__
 from streams.app.account_feed import AccountFeed
+from streams.app.codecs import RawBytes
 from streams.app.detection import DetectStage
 from streams.app.metrics import FAUST_PREFIX, DetectorMetrics
 from streams.app.publisher import AlertPublisher
 from streams.app.routing import Router
+from streams.app.sensors import install_metrics_endpoint
 from streams.core.rules import RuleSet
 from streams.settings import Settings
 from topics.accounts import AccountDirectory, decode_account_message
@@ -70,9 +71,12 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
         key_serializer="json",
         value_serializer="json",
         table_cleanup_interval=3600.0,
+        # bigger fetches and stream buffers: fewer round trips to the consumer thread
+        consumer_max_fetch_size=8 << 20,
+        stream_buffer_maxsize=65536,
     )
     registry = CollectorRegistry()
-    setup_prometheus_sensors(app, registry=registry, name_prefix=FAUST_PREFIX)
+    install_metrics_endpoint(app, registry, FAUST_PREFIX)
     metrics = DetectorMetrics(
         registry, [r.id for r in rules.rules], {r.id: r.severity for r in rules.rules}
     )
@@ -85,10 +89,8 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
     )
     publisher = AlertPublisher(settings.bootstrap_servers, settings.topic_alerts)
 
-    raw: dict[str, Any] = {
-        "key_serializer": "raw",
-        "value_serializer": "raw",
-    }  # we decode with orjson ourselves
+    # bytes in, bytes out: frwatch decodes with orjson itself
+    raw: dict[str, Any] = {"schema": RawBytes(key_serializer="raw", value_serializer="raw")}
     requests_topic = app.topic(settings.topic_requests, **raw)
     accounts_topic = app.topic(settings.topic_accounts, **raw)
     dlq_topic = app.topic(settings.topic_dlq, **raw)
@@ -153,8 +155,7 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
                 }
             )
             metrics.count_enrichment(routed.hits, routed.misses)
-            for lag in routed.lags_s:
-                metrics.event_lag.observe(lag)
+            metrics.observe_lags(routed.lags_s)
 
     last_expiry: dict[int, float] = {}
 
@@ -176,8 +177,7 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
                         ]
                     )
                     for a, kafka_ts_ms in out.alerts:
-                        metrics.alerts.labels(a.rule_id, a.severity).inc()
-                        metrics.alert_latency.observe(max(0.0, acked_at - kafka_ts_ms / 1000))
+                        metrics.count_alert(a.rule_id, max(0.0, acked_at - kafka_ts_ms / 1000))
                 # only now, with every alert acknowledged, may fired windows reach the changelog
                 stage.store.flush()
                 await dead_letter(None, out.dead_letters)
@@ -189,7 +189,7 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
                 {"processed": out.processed, "duplicate": out.duplicate, "error": out.error}
             )
             for rule_id, n in out.matches.items():
-                metrics.rule_matches.labels(rule_id).inc(n)
+                metrics.rule_matches[rule_id] = metrics.rule_matches.get(rule_id, 0) + n
             now = time.monotonic()
             if now - last_expiry.get(msg.partition, 0.0) > EXPIRY_EVERY_S:
                 last_expiry[msg.partition] = now

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from streams.core.classify import EnrichedEvent
-from streams.core.engine import group_key
+from streams.core.engine import RuleIndex, group_key
 from streams.core.rules import RuleSet
 from topics.accounts import AccountDirectory, AccountRecord
 from topics.dlq import FUTURE_TIMESTAMP, INTERNAL_ERROR, DeadLetter, Rejection
@@ -51,7 +51,8 @@ class Router:
         self.directory = directory
         self.partitions = partitions
         self.scoped = tuple(
-            (tag, tuple(r for r in rules.rules if r.group_by == scope)) for scope, tag in SCOPES
+            (tag, RuleIndex(tuple(r for r in rules.rules if r.group_by == scope)))
+            for scope, tag in SCOPES
         )
 
     def route(
@@ -122,8 +123,12 @@ class Router:
         out.lags_s.append(max(0.0, (now_ms - ev.ts_ms) / 1000))
         ee = EnrichedEvent(ev, account)
         counted = False
-        for tag, rules in self.scoped:
-            keys = {gk for r in rules if r.match(ee) and (gk := group_key(r, ee)) is not None}
+        for tag, index in self.scoped:
+            keys = {
+                gk
+                for r in index.candidates(ee)
+                if r.match(ee) and (gk := group_key(r, ee)) is not None
+            }
             for gk in keys:
                 item = {
                     "s": tag,

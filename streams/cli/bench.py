@@ -62,19 +62,36 @@ def measure_replay(path: str) -> dict[str, Any]:
     }
 
 
+KEYS = (
+    "batch",
+    "raw_consume_eps",
+    "faust_floor_eps",
+    "detector_eps",
+    "ratio",
+    "alert_latency_ms",
+    "replay_eps",
+)
+
+
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
-    """Run the benchmark and print a human summary (and a JSON line with --json)."""
+    """Run the benchmark; a human summary on stderr, and with --json one JSON object last."""
     with tempfile.TemporaryDirectory(prefix="frwatch-bench-") as tmp:
         path = os.path.join(tmp, "bench.jsonl")
         _say(f"bench: generating {args.events:,} events ...")
         write_archive(path, args.events)
         _say("bench: replaying ...")
-        result: dict[str, Any] = {"batch": args.batch, **measure_replay(path)}
+        replayed = measure_replay(path)
+        _say(
+            f"bench: replay {replayed['replay_eps']:,} events/s, {replayed['alerts']} alerts, "
+            f"peak RSS {replayed['peak_rss_mib']} MiB"
+        )
+        result: dict[str, Any] = {"batch": args.batch, "replay_eps": replayed["replay_eps"]}
         if not args.offline:
             from streams.cli.bench_live import measure_live
 
-            result.update(measure_live(settings, path, args.events, args.batch, _say))
+            live = measure_live(settings, path, args.events, args.batch, _say)
+            result.update(live)
     _say("bench: " + ", ".join(f"{k}={v}" for k, v in result.items()))
     if args.json:
-        print(orjson.dumps(result).decode())
+        print(orjson.dumps({k: result[k] for k in KEYS if k in result}).decode())
     return 0

@@ -182,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `frwatch ... | head`: the reader left, nothing is wrong
+        return 0
 
 
 if __name__ == "__main__":

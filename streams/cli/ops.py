@@ -57,6 +57,25 @@ async def create_topics(
         await admin.close()
 
 
+async def delete_topics(settings: Settings) -> None:
+    """Delete the catalog's topics (the benchmark cleans up after itself with this)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, client_id="frwatch-admin"
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        names = [
+            t.name
+            for t in topic_catalog(settings.topics(), settings.app_id, settings.partitions)
+            if t.name in existing
+        ]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
 def run_topics(args: argparse.Namespace, settings: Settings) -> int:
     """`frwatch topics create`."""
     try:

@@ -89,6 +89,30 @@ def _satisfied(rule: Rule, st: WindowState) -> bool:
     return True
 
 
+class RuleIndex:
+    """Rules by what an event can match: most events (fr_kind none) need no rule evaluated."""
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        self.rules = rules
+        self._cache: dict[tuple[str, str], tuple[Rule, ...]] = {}
+
+    def candidates(self, ee: EnrichedEvent) -> tuple[Rule, ...]:
+        """The rules whose fr_kind and operation gates admit this event, in rule order."""
+        key = (ee.fr_kind, ee.event.operation)
+        found = self._cache.get(key)
+        if found is None:
+            kind, op = key
+            found = tuple(
+                r
+                for r in self.rules
+                if (r.kinds is None or kind in r.kinds)
+                and (r.operations is None or op in r.operations)
+            )
+            if len(self._cache) < 4096:  # operation names are open-ended: bound the cache
+                self._cache[key] = found
+        return found
+
+
 class Detector:
     """Runs a rule set (or the rules of one group_by scope) against enriched events."""
 
@@ -105,6 +129,7 @@ class Detector:
         )
         self.store = store
         self.watermark_ms = 0
+        self.index = RuleIndex(self.rules)
         self._values = {
             (r.id, i): _distinct_values(q)
             for r in self.rules
@@ -114,7 +139,9 @@ class Detector:
 
     def matching_rules(self, ee: EnrichedEvent) -> list[Rule]:
         """Rules whose match condition holds and whose group key is known."""
-        return [r for r in self.rules if r.match(ee) and group_key(r, ee) is not None]
+        return [
+            r for r in self.index.candidates(ee) if r.match(ee) and group_key(r, ee) is not None
+        ]
 
     def observe(self, ee: EnrichedEvent) -> Observation:
         """Count the event in every window it belongs to; return the alerts it fires."""
@@ -123,7 +150,7 @@ class Detector:
             self.watermark_ms = ts
         obs = NOTHING
         primary = None
-        for rule in self.rules:
+        for rule in self.index.candidates(ee):
             if not rule.match(ee):
                 continue
             gk = group_key(rule, ee)

@@ -95,6 +95,10 @@ class Rule:
     match: Predicate
     requires: tuple[Requirement, ...]
     source: Mapping[str, Any]  # the rule as written, for `rules show`
+    # necessary conditions read off the match condition, to skip rules cheaply: the rule can
+    # only match events whose fr_kind / operation is in these sets (None: any)
+    kinds: frozenset[str] | None = None
+    operations: frozenset[str] | None = None
 
     @property
     def distinct_requirement(self) -> Requirement | None:
@@ -169,12 +173,55 @@ def _requirement(
     return Requirement(kind, n, field, where, node.get("where"))
 
 
+def _values_of(
+    node: Mapping[str, Any], lists: Mapping[str, tuple[Any, ...]]
+) -> frozenset[Any] | None:
+    if "equals" in node:
+        return frozenset([node["equals"]])
+    if "in" in node:
+        arg = node["in"]
+        return frozenset(lists[arg] if isinstance(arg, str) else arg)
+    return None
+
+
+def necessary_sets(
+    node: object, lists: Mapping[str, tuple[Any, ...]], named_raw: Mapping[str, Any], depth: int = 0
+) -> dict[str, frozenset[Any]]:
+    """Per field (fr_kind, operation), the values a matching event must have.
+
+    Only conjunctions (all, ref) are read; anything else gives no constraint, so the result
+    is always implied by the condition. Called after the condition compiled, so it is valid.
+    """
+    if not isinstance(node, dict) or depth > 32:
+        return {}
+    if "ref" in node and len(node) == 1:
+        return necessary_sets(named_raw.get(node["ref"]), lists, named_raw, depth + 1)
+    if "all" in node and len(node) == 1 and isinstance(node["all"], list):
+        out: dict[str, frozenset[Any]] = {}
+        for child in node["all"]:
+            for name, allowed in necessary_sets(child, lists, named_raw, depth + 1).items():
+                out[name] = out[name] & allowed if name in out else allowed
+        return out
+    field = node.get("field")
+    values = _values_of(node, lists)
+    if values is None:
+        return {}
+    if field in ("fr_kind", "operation"):
+        return {field: values}
+    if field == "fr_use" and values == frozenset([True]):
+        return {"fr_kind": frozenset(["identify", "verify"])}
+    if field == "fr_use" and values == frozenset([False]):
+        return {"fr_kind": frozenset(["enroll", "none"])}
+    return {}
+
+
 def _rule(
     node: object,
     idx: int,
     file: str,
     lists: Mapping[str, tuple[Any, ...]],
     named: Mapping[str, Predicate],
+    named_raw: Mapping[str, Any],
 ) -> Rule:
     if not isinstance(node, dict):
         raise _fail(file, None, f"rules[{idx}]", "a rule is a mapping")
@@ -213,6 +260,7 @@ def _rule(
     if not isinstance(reqs, list) or not reqs:
         raise _fail(file, rid, "requires", "requires must be a non-empty list")
     requires = tuple(_requirement(r, i, file, rid, lists, named) for i, r in enumerate(reqs))
+    gates = necessary_sets(node["match"], lists, named_raw)
     return Rule(
         id=rid,
         title=_text(node, "title", file, rid),
@@ -224,6 +272,8 @@ def _rule(
         match=match,
         requires=requires,
         source=node,
+        kinds=gates.get("fr_kind"),
+        operations=gates.get("operation"),
     )
 
 
@@ -269,7 +319,7 @@ def parse_rules(data: bytes, file: str) -> RuleSet:
         enabled = node.get("enabled", True) if isinstance(node, dict) else True
         if type(enabled) is not bool:
             raise _fail(file, str(node.get("id")), "enabled", "enabled must be true or false")
-        rule = _rule(node, i, file, lists, named)
+        rule = _rule(node, i, file, lists, named, raw_conds)
         if rule.id in seen:
             raise _fail(file, rule.id, "id", "duplicate rule id")
         seen.add(rule.id)

@@ -279,14 +279,10 @@ def test_the_first_delivery_counts() -> None:
 def test_fr007_redelivery_with_changed_fields_adds_nothing() -> None:
     """SPEC 4.1: a redelivery adds nothing, whatever its other fields.
 
-    The 21st..25th enrolments are counted but their ids are not kept (the enrol requirement is
-    already met), so a redelivery of one of them as an identification is not recognised and
-    satisfies the identify requirement: a false FR-007 alert. Together with
-    test_bug_distinct_state_keeps_every_event_id_until_it_fires this shows that SPEC 4.1's
-    "whatever its other fields" and "keep at most the ids needed to reach the thresholds" cannot
-    both hold; the engine keeps ids bounded for count requirements (this test fails) and
-    unbounded for distinct ones (that test fails). Whichever the SPEC keeps, one of the two
-    tests goes.
+    The 21st..25th enrolments arrive after the enrolment requirement is met; a redelivery of
+    one of them as an identification must still be recognised, or it would satisfy the
+    identify requirement and fire a false FR-007 alert. Hence ids are kept until the window
+    fires (SPEC 4.1's bound read as "the ids needed to decide the thresholds").
     """
     h = Harness()
     for i in range(25):

@@ -431,3 +431,27 @@ def enriched(account: AccountRecord | None = ACCOUNT, **fields: Any) -> Enriched
 def test_condition_semantics(cond: dict[str, Any], ee: EnrichedEvent, result: bool) -> None:
     pred = compile_condition(copy.deepcopy(cond), "match", {}, {})
     assert pred(ee) is result
+
+
+def test_rule_gates_never_skip_a_rule_that_matches() -> None:
+    """fr_kind/operation gates read off the match conditions are implied by them."""
+    from streams.core.classify import EnrichedEvent
+    from streams.core.engine import RuleIndex
+    from streams.synthetic import SAMPLE_ACCOUNTS, demo_traffic
+    from topics.accounts import parse_account_record
+    from topics.requests import parse_request_record
+
+    rules = load_rules().rules
+    index = RuleIndex(rules)
+    accounts = {a["account_id"]: parse_account_record(a) for a in SAMPLE_ACCOUNTS}
+    checked = 0
+    for raw in demo_traffic(5, 1_795_000_000_000, 300):
+        ev = parse_request_record(raw)
+        for acct in (accounts.get(raw["account_id"]), None, accounts["acct-metro-pd"]):
+            ee = EnrichedEvent(ev, acct)  # type: ignore[arg-type]
+            full = [r.id for r in rules if r.match(ee)]
+            gated = [r.id for r in index.candidates(ee) if r.match(ee)]
+            assert gated == full
+            checked += bool(full)
+    assert checked > 50
+    assert {r.id for r in rules if r.kinds is not None} >= {"FR-001", "FR-004", "FR-006"}

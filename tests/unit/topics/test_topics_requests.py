@@ -669,3 +669,53 @@ def test_raw_text() -> None:
     assert raw_text(b"a\xffb") == "a\ufffdb"
     assert "\ud800" not in raw_text("a\ud800b")
     assert raw_text("a\ud800b").startswith("a") and raw_text("a\ud800b").endswith("b")
+
+
+# --- the fast acceptance path agrees with the detailed validator ---------------------------
+
+_any_value = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 2**40),
+    st.floats(-1, 2, allow_nan=False),
+    st.text(max_size=6),
+    st.lists(st.text(max_size=3), max_size=3),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(
+        st.sampled_from(["id", "kind", "device", "setting", "label", "score"]),
+        st.one_of(st.none(), st.text(max_size=4), st.floats(0, 1), st.integers(-1, 2)),
+        max_size=3,
+    ),
+    st.sampled_from(["2026-11-18T07:00:00Z", "2026-11-18T07:00:00", "1969-01-01T00:00:00Z"]),
+)
+_fields = [
+    "event_id",
+    "ts",
+    "account_id",
+    "operation",
+    "api_key_id",
+    "model",
+    "region",
+    "client_ip",
+    "image_count",
+    "faces_detected",
+    "subject_ids",
+    "gallery",
+    "capture",
+    "intent",
+]
+
+
+@given(st.dictionaries(st.sampled_from(_fields), _any_value), st.sampled_from([{}, VALID]))
+def test_fast_acceptance_agrees_with_the_validator(
+    changes: dict[str, Any], base: dict[str, Any]
+) -> None:
+    from topics.requests import _accept, _validate
+
+    record = {**base, **changes}
+    fast = _accept(record)
+    try:
+        slow: RequestEvent | None = _validate(record)
+    except Exception:
+        slow = None
+    assert fast == slow
