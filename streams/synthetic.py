@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 HOUR_MS = 3_600_000
-DEFAULT_START_MS = 1_795_000_000_000  # 2026-11-18T07:06:40Z, mid-hour on purpose
+DEFAULT_START_MS = 1_795_000_000_000  # 2026-11-18T11:06:40Z, mid-hour on purpose
 
 SAMPLE_ACCOUNTS: tuple[dict[str, Any], ...] = (
     {

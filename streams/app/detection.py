@@ -7,6 +7,7 @@ been acknowledged by Kafka.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class TableWindowStore:
     def __init__(self, table: MutableMapping[str, Any]) -> None:
         self.table = table
         self.pending: dict[str, WindowState] = {}
+        self.created: list[str] = []  # keys new since the last `take_created`
 
     def get(self, key: str) -> WindowState | None:
         """Buffered state first, then the table."""
@@ -43,6 +45,8 @@ class TableWindowStore:
 
     def put(self, key: str, state: WindowState) -> None:
         """Buffer a write until `flush`."""
+        if key not in self.pending and key not in self.table:
+            self.created.append(key)
         self.pending[key] = state
 
     def flush(self) -> None:
@@ -97,6 +101,7 @@ class DetectStage:
             "o": Detector(rules, self.store, "org_id"),
         }
         self.watermarks: dict[int, int] = {}
+        self._ends: dict[int, list[tuple[int, str]]] = {}  # partition -> heap of (end, key)
 
     def observe(self, value: bytes, topic: str, partition: int, offset: int) -> Detected:
         """Every item of one stage-2 message."""
@@ -131,12 +136,40 @@ class DetectStage:
         self.watermarks[partition] = wm
         return out
 
+    def forget_partitions(self) -> None:
+        """After a rebalance: rebuild the expiry index from the table when next needed."""
+        self._ends.clear()
+
+    def _index(self, partition: int) -> list[tuple[int, str]]:
+        heap = self._ends.get(partition)
+        if heap is None:  # first use since start or rebalance: index what the table holds
+            heap = []
+            for key in list(self.store.table.keys()):
+                _, _, end, gk = split_window_key(key)
+                if destination(gk, self.partitions) == partition:
+                    heap.append((end, key))
+            heapq.heapify(heap)
+            self._ends[partition] = heap
+        return heap
+
     def expired_keys(self, partition: int) -> list[str]:
-        """Keys of `partition` whose windows event time has left more than 24h behind."""
-        wm = self.watermarks.get(partition, 0)
-        out = []
-        for key in list(self.store.table.keys()):
+        """Keys of `partition` whose windows event time has left more than 24h behind.
+
+        Called for every stage-2 message, like replay's expiry after every record: a heap of
+        window ends per partition makes the common case (nothing due) one comparison.
+        """
+        for key in self.store.created:
             _, _, end, gk = split_window_key(key)
-            if is_expired(end, wm) and destination(gk, self.partitions) == partition:
+            # a partition without an index yet finds the key in the table when it builds one
+            known = self._ends.get(destination(gk, self.partitions))
+            if known is not None:
+                heapq.heappush(known, (end, key))
+        self.store.created.clear()
+        heap = self._index(partition)
+        wm = self.watermarks.get(partition, 0)
+        out: list[str] = []
+        while heap and is_expired(heap[0][0], wm):
+            _, key = heapq.heappop(heap)
+            if key in self.store.table and key not in out:
                 out.append(key)
         return out

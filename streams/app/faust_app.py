@@ -8,6 +8,7 @@ api.accounts --account-audit--> frwatch.dlq (rejected records only)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from streams import __version__
@@ -23,7 +25,7 @@ from streams.app.codecs import RawBytes
 from streams.app.detection import DetectStage
 from streams.app.metrics import FAUST_PREFIX, DetectorMetrics
 from streams.app.publisher import AlertPublisher
-from streams.app.routing import Router
+from streams.app.routing import Routed, Router
 from streams.app.sensors import install_metrics_endpoint
 from streams.core.rules import RuleSet
 from streams.settings import Settings
@@ -33,7 +35,8 @@ from topics.dlq import INTERNAL_ERROR, DeadLetter, Rejection, raw_text
 
 log = logging.getLogger(__name__)
 
-EXPIRY_EVERY_S = 10.0
+# failures that go away by themselves: retried, never dead-lettered (SPEC 2.3)
+TRANSIENT = (KafkaError, asyncio.TimeoutError, ConnectionError)
 
 
 @dataclass
@@ -104,9 +107,26 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
     metrics.watch_window_states(stage.store.entries_by_rule)
     rules_sha = rules.sha256
 
+    async def send(topic: Any, **message: Any) -> None:
+        # a broker that is down or slow is waited out, never a reason to dead-letter
+        delay = 0.2
+        while True:
+            try:
+                await topic.send(**message)
+                return
+            except TRANSIENT as exc:
+                log.warning("send to %s failed (%r); retrying in %.1fs", topic, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
     async def dead_letter(key: bytes | None, letters: list[DeadLetter]) -> None:
         for dl in letters:
-            await dlq_topic.send(key=key, value=dl.to_json())
+            await send(dlq_topic, key=key, value=dl.to_json())
+
+    async def deliver(routed: Routed, key: bytes | None) -> None:
+        for partition, items in routed.forwards.items():
+            await send(detect_topic, value=orjson.dumps({"items": items}), partition=partition)
+        await dead_letter(key, routed.dead_letters)
 
     async def internal_error(msg: Any, exc: Exception) -> None:
         log.exception("internal error on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
@@ -138,11 +158,7 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
                     int(msg.timestamp * 1000),
                     now_ms(),
                 )
-                for partition, items in routed.forwards.items():
-                    await detect_topic.send(
-                        value=orjson.dumps({"items": items}), partition=partition
-                    )
-                await dead_letter(msg.key, routed.dead_letters)
+                await deliver(routed, msg.key)
             except Exception as exc:
                 await internal_error(msg, exc)
                 continue
@@ -156,8 +172,6 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
             )
             metrics.count_enrichment(routed.hits, routed.misses)
             metrics.observe_lags(routed.lags_s)
-
-    last_expiry: dict[int, float] = {}
 
     @app.agent(detect_topic, name="detect")
     async def detect(stream: Any) -> None:
@@ -190,11 +204,16 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
             )
             for rule_id, n in out.matches.items():
                 metrics.rule_matches[rule_id] = metrics.rule_matches.get(rule_id, 0) + n
-            now = time.monotonic()
-            if now - last_expiry.get(msg.partition, 0.0) > EXPIRY_EVERY_S:
-                last_expiry[msg.partition] = now
-                for key in stage.expired_keys(msg.partition):
+            # expiry writes tombstones to the changelog partition of the current message:
+            # only keys of that partition are dropped here
+            for key in stage.expired_keys(msg.partition):
+                if key in windows:
                     del windows[key]
+
+    async def reindex_windows(app: Any, *args: Any, **kwargs: Any) -> None:
+        stage.forget_partitions()
+
+    app.on_partitions_assigned.connect(reindex_windows)  # type: ignore[arg-type]
 
     @app.agent(accounts_topic, name="account-audit")
     async def account_audit(stream: Any) -> None:

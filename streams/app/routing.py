@@ -17,8 +17,8 @@ from streams.core.classify import EnrichedEvent
 from streams.core.engine import RuleIndex, group_key
 from streams.core.rules import RuleSet
 from topics.accounts import AccountDirectory, AccountRecord
-from topics.dlq import FUTURE_TIMESTAMP, INTERNAL_ERROR, DeadLetter, Rejection
-from topics.requests import RejectedRecord, RequestEvent, decode_request_message
+from topics.dlq import FUTURE_TIMESTAMP, INTERNAL_ERROR, DeadLetter, Rejection, raw_text
+from topics.requests import RejectedRecord, RequestEvent, decode_request_message, is_batch
 
 FUTURE_TOLERANCE_MS = 5 * 60_000
 SCOPES = (("account_id", "a"), ("org_id", "o"))  # the order of streams.core.engine.SCOPE_ORDER
@@ -66,7 +66,8 @@ class Router:
     ) -> Routed:
         """Every record of one `api.requests` message, validated and counted on its own."""
         out = Routed()
-        for rec in decode_request_message(value if value is not None else b""):
+        records = decode_request_message(value if value is not None else b"")
+        for i, rec in enumerate(records):
             if type(rec) is RejectedRecord:
                 out.malformed += 1
                 out.dead_letters.append(
@@ -74,55 +75,44 @@ class Router:
                 )
                 continue
             ev: RequestEvent = rec  # type: ignore[assignment]
+            if ev.ts_ms > now_ms + FUTURE_TOLERANCE_MS:
+                out.rejected += 1
+                ahead_s = (ev.ts_ms - now_ms) / 1000
+                rejection = Rejection(
+                    FUTURE_TIMESTAMP, "ts", f"ts is {ahead_s:.0f}s ahead of the wall clock"
+                )
+                out.dead_letters.append(
+                    DeadLetter(rejection, record_text(value, i), topic, partition, offset)
+                )
+                continue
             try:
-                self._route_event(ev, kafka_ts_ms, now_ms, out, topic, partition, offset)
+                account, forwards = self._plan(ev, kafka_ts_ms)
             except Exception as exc:  # a deterministic bug: dead-letter it, never skip silently
                 out.error += 1
+                rejection = Rejection(INTERNAL_ERROR, None, f"{type(exc).__name__}: {exc}")
                 out.dead_letters.append(
-                    DeadLetter(
-                        Rejection(INTERNAL_ERROR, None, f"{type(exc).__name__}: {exc}"),
-                        orjson.dumps(ev.to_wire()).decode(),
-                        topic,
-                        partition,
-                        offset,
-                    )
+                    DeadLetter(rejection, record_text(value, i), topic, partition, offset)
                 )
+                continue
+            # counted only once the record's whole plan exists: a record is never half-routed
+            if account is None:
+                out.misses += 1
+            else:
+                out.hits += 1
+            out.lags_s.append(max(0.0, (now_ms - ev.ts_ms) / 1000))
+            if not forwards:
+                out.processed += 1
+            for dest, item in forwards:
+                out.forwards.setdefault(dest, []).append(item)
         return out
 
-    def _route_event(
-        self,
-        ev: RequestEvent,
-        kafka_ts_ms: int,
-        now_ms: int,
-        out: Routed,
-        topic: str,
-        partition: int,
-        offset: int,
-    ) -> None:
-        if ev.ts_ms > now_ms + FUTURE_TOLERANCE_MS:
-            out.rejected += 1
-            out.dead_letters.append(
-                DeadLetter(
-                    Rejection(
-                        FUTURE_TIMESTAMP,
-                        "ts",
-                        f"ts is {(ev.ts_ms - now_ms) / 1000:.0f}s ahead of the wall clock",
-                    ),
-                    orjson.dumps(ev.to_wire()).decode(),
-                    topic,
-                    partition,
-                    offset,
-                )
-            )
-            return
+    def _plan(
+        self, ev: RequestEvent, kafka_ts_ms: int
+    ) -> tuple[AccountRecord | None, list[tuple[int, dict[str, Any]]]]:
+        """The record's account and where its copies go (empty: no rule can match it)."""
         account = self.directory.get(ev.account_id)
-        if account is None:
-            out.misses += 1
-        else:
-            out.hits += 1
-        out.lags_s.append(max(0.0, (now_ms - ev.ts_ms) / 1000))
         ee = EnrichedEvent(ev, account)
-        counted = False
+        forwards: list[tuple[int, dict[str, Any]]] = []
         for tag, index in self.scoped:
             keys = {
                 gk
@@ -135,12 +125,26 @@ class Router:
                     "e": ev.to_wire(),
                     "a": _account_wire(account),
                     "k": kafka_ts_ms,
-                    "c": 0 if counted else 1,
+                    # the first copy counts the record in frwatch_events_total
+                    "c": 0 if forwards else 1,
                 }
-                counted = True
-                out.forwards.setdefault(destination(gk, self.partitions), []).append(item)
-        if not counted:
-            out.processed += 1
+                forwards.append((destination(gk, self.partitions), item))
+        return account, forwards
+
+
+def record_text(value: bytes | None, index: int) -> str:
+    """The record at `index` of a message as it was sent: the message, or its batch entry."""
+    text = raw_text(value)
+    try:
+        obj = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return text
+    if type(obj) is dict and is_batch(obj) and type(obj["records"]) is list:
+        try:
+            return orjson.dumps(obj["records"][index]).decode()
+        except (IndexError, orjson.JSONEncodeError):
+            return text
+    return text
 
 
 def _account_wire(account: AccountRecord | None) -> dict[str, Any] | None:

@@ -97,7 +97,11 @@ async def _producer(settings: Settings) -> AIOKafkaProducer:
         max_request_size=8 << 20,
         client_id="frwatch-cli",
     )
-    await producer.start()
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()
+        raise
     return producer
 
 
@@ -123,14 +127,18 @@ async def _send_all(
 
 def _account_messages(path: str) -> Iterator[tuple[bytes | None, bytes | None]]:
     ((name, fh),) = open_all([path])
-    for _, line in iter_lines(name, fh):
+    for n, line in iter_lines(name, fh):
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError:
             obj = None
         key = obj.get("account_id") if isinstance(obj, dict) else None
-        # invalid lines are published too: the worker dead-letters them with their reason
-        yield (key.encode() if isinstance(key, str) else None), line
+        if not isinstance(key, str) or not key:
+            # the compacted topic refuses a message without a key (and with it, its batch)
+            print(f"{path}:{n}: skipped: no account_id to key the record by", file=sys.stderr)
+            continue
+        # other invalid records are published: the worker dead-letters them with their reason
+        yield key.encode(), line
 
 
 def run_accounts(args: argparse.Namespace, settings: Settings) -> int:
@@ -173,7 +181,11 @@ def archive_messages(
                 yield None, line
                 continue
             if is_batch(obj) and isinstance(obj["records"], list):
-                records.extend(orjson.dumps(r) for r in obj["records"])
+                try:
+                    records.extend([orjson.dumps(r) for r in obj["records"]])
+                except orjson.JSONEncodeError:  # nested deeper than orjson writes: as it is
+                    yield None, line
+                    continue
             else:
                 records.append(line)
             while len(records) >= batch:
@@ -249,14 +261,20 @@ async def _tail(
             last = time.monotonic()
             for records in batches.values():
                 for rec in records:
-                    if as_json:
-                        sys.stdout.write(rec.value.decode() + "\n")
-                    else:
-                        try:
-                            sys.stdout.write(alert_line(orjson.loads(rec.value)) + "\n")
-                        except (orjson.JSONDecodeError, AttributeError):
-                            sys.stdout.write(f"(unreadable alert at offset {rec.offset})\n")
+                    if max_alerts is not None and seen >= max_alerts:
+                        break
                     seen += 1
+                    if rec.value is None:  # a tombstone on the compacted topic
+                        if not as_json:
+                            sys.stdout.write(f"(deleted alert at offset {rec.offset})\n")
+                        continue
+                    if as_json:
+                        sys.stdout.write(rec.value.decode("utf-8", "replace") + "\n")
+                        continue
+                    try:
+                        sys.stdout.write(alert_line(orjson.loads(rec.value)) + "\n")
+                    except (orjson.JSONDecodeError, AttributeError, TypeError):
+                        sys.stdout.write(f"(unreadable alert at offset {rec.offset})\n")
             sys.stdout.flush()
     finally:
         await consumer.stop()

@@ -1,0 +1,409 @@
+"""Stage 2 (`streams.app.detection`): routed items through the core, window state in a table.
+
+Pure: the table is a plain dict. Items are built by the real Router, so the wire format between
+the stages is the one the live worker sends.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.app.detection import DetectStage, TableWindowStore
+from streams.app.routing import Router, destination
+from streams.core.classify import EnrichedEvent
+from streams.core.engine import Detector
+from streams.core.rules import RuleSet, load_rules, parse_rules
+from streams.core.state import MemoryWindowStore, WindowState, split_window_key
+from streams.core.windows import RETENTION_MS
+from streams.synthetic import DEFAULT_START_MS, HOUR_MS, SAMPLE_ACCOUNTS, demo_traffic
+from topics.accounts import AccountDirectory, AccountRecord, parse_account_record
+from topics.alerts import Alert, alert_id
+from topics.dlq import INTERNAL_ERROR
+from topics.requests import RequestEvent, parse_request_record
+
+DETECT_TOPIC = "frwatch-detect"
+PARTITIONS = 4
+RULES = load_rules()
+DAY_MS = 24 * HOUR_MS
+HOUR0 = DEFAULT_START_MS - DEFAULT_START_MS % HOUR_MS
+NOW = DEFAULT_START_MS + 400 * DAY_MS  # the wall clock: after every event of these tests
+
+
+def directory() -> AccountDirectory:
+    d = AccountDirectory()
+    for row in SAMPLE_ACCOUNTS:
+        rec = parse_account_record(row)
+        assert isinstance(rec, AccountRecord), rec
+        d.apply(rec)
+    return d
+
+
+class Pipeline:
+    """Router -> stage-2 messages per partition -> DetectStage, flushing like the live agent."""
+
+    def __init__(self, rules: RuleSet = RULES, flush: bool = True) -> None:
+        self.router = Router(rules, directory(), PARTITIONS)
+        self.table: dict[str, Any] = {}
+        self.stage = DetectStage(rules, self.table, PARTITIONS)
+        self.flush = flush
+        self.offsets: Counter[int] = Counter()
+        self.alerts: list[Alert] = []
+        self.processed = self.duplicate = self.error = 0
+        self.matches: Counter[str] = Counter()
+
+    def messages(self, record: Any, kafka_ts_ms: int = 0) -> dict[int, bytes]:
+        """The stage-2 messages one input message turns into, by destination partition."""
+        routed = self.router.route(orjson.dumps(record), "api.requests", 0, 0, kafka_ts_ms, NOW)
+        self.processed += routed.processed
+        return {p: orjson.dumps({"items": its}) for p, its in routed.forwards.items()}
+
+    def detect(self, partition: int, value: bytes) -> Any:
+        out = self.stage.observe(value, DETECT_TOPIC, partition, self.offsets[partition])
+        self.offsets[partition] += 1
+        self.alerts.extend(a for a, _ in out.alerts)
+        self.processed += out.processed
+        self.duplicate += out.duplicate
+        self.error += out.error
+        self.matches.update(out.matches)
+        if self.flush:
+            self.stage.store.flush()
+        return out
+
+    def feed(self, record: Any, kafka_ts_ms: int = 0) -> list[Any]:
+        return [self.detect(p, v) for p, v in self.messages(record, kafka_ts_ms).items()]
+
+
+class Reference:
+    """The core Detector over all rules with an in-memory store (what replay runs)."""
+
+    def __init__(self, rules: RuleSet = RULES) -> None:
+        self.directory = directory()
+        self.detector = Detector(rules, MemoryWindowStore())
+        self.alerts: list[Alert] = []
+        self.duplicate = 0
+        self.matches: Counter[str] = Counter()
+
+    def feed(self, record: dict[str, Any]) -> None:
+        ev = parse_request_record(record)
+        assert isinstance(ev, RequestEvent), ev
+        obs = self.detector.observe(EnrichedEvent(ev, self.directory.get(ev.account_id)))
+        self.alerts.extend(obs.alerts)
+        self.duplicate += obs.duplicate
+        self.matches.update(obs.matched)
+
+
+def ev(
+    event_id: str, account_id: str, operation: str, ts: int = DEFAULT_START_MS, **fields: Any
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "ts": ts,
+        "account_id": account_id,
+        "operation": operation,
+        **fields,
+    }
+
+
+def traffic(seed: int = 3, hours: int = 3) -> list[dict[str, Any]]:
+    """Every scenario in each hour, background load, and redeliveries (some with new fields)."""
+    rng = random.Random(seed)
+    events: list[dict[str, Any]] = []
+    for h in range(hours):
+        events.extend(demo_traffic(seed + h, DEFAULT_START_MS + h * HOUR_MS, 40))
+    for e in rng.sample(events, 80):
+        copy = dict(e)
+        if rng.random() < 0.5:
+            copy["subject_ids"] = [f"subj-new-{rng.randrange(10_000)}"]
+        if rng.random() < 0.3:
+            copy["operation"] = "face.identify"  # a redelivery adds nothing, whatever it says
+        events.insert(events.index(e) + rng.randrange(1, 40), copy)
+    return events
+
+
+# --- same alerts as the core ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", [1, 25])
+def test_alerts_equal_the_core_detector_for_the_same_events(batch: int) -> None:
+    events = traffic()
+    pipe, ref = Pipeline(), Reference()
+    for e in events:
+        ref.feed(e)
+    for i in range(0, len(events), batch):
+        chunk = events[i : i + batch]
+        pipe.feed(chunk[0] if batch == 1 else {"records": chunk}, kafka_ts_ms=1000 + i)
+    assert {a.rule_id for a in ref.alerts} == {f"FR-00{i}" for i in range(1, 9)}
+    if batch == 1:
+        # same order of events per window: the same alerts, evidence included
+        assert pipe.alerts == ref.alerts
+    assert sorted(a.alert_id for a in pipe.alerts) == sorted(a.alert_id for a in ref.alerts)
+    assert pipe.duplicate == ref.duplicate > 0
+    assert pipe.processed + pipe.duplicate == len(events)
+    assert pipe.matches == ref.matches
+    assert pipe.error == 0
+
+
+def test_alert_carries_the_kafka_timestamp_of_the_firing_events_message() -> None:
+    pipe = Pipeline()
+    pipe.feed(ev("v-1", "acct-visionapp", "chat.completions"), kafka_ts_ms=1)  # no match
+    intent = {"label": "identify_person", "score": 0.9}
+    outs = []
+    for i in range(3):
+        rec = ev(f"v-{i + 2}", "acct-visionapp", "chat.completions", image_count=1, intent=intent)
+        outs += pipe.feed(rec, kafka_ts_ms=5000 + i)
+    fired = [(a.rule_id, k) for out in outs for a, k in out.alerts]
+    assert fired == [("FR-005", 5002)]
+
+
+def test_org_scope_copy_is_evaluated_but_not_counted() -> None:
+    pipe = Pipeline()
+    for i in range(50):
+        acct = "acct-retail-east" if i % 2 else "acct-retail-west"
+        rec = ev(f"o-{i}", acct, "face.identify", ts=HOUR0 + i, subject_ids=[f"s-{i}"])
+        pipe.feed(rec)
+    assert [(a.rule_id, a.group_key, a.distinct) for a in pipe.alerts] == [
+        ("FR-006", "org-retail", 50)
+    ]
+    # each record counted once: by its account-scope (FR-007) item
+    assert (pipe.processed, pipe.duplicate) == (50, 0)
+    assert pipe.matches == Counter({"FR-006": 50, "FR-007": 50})
+
+
+# --- fired state only after flush (alert acknowledged before the window is written) ----------
+
+
+def test_nothing_reaches_the_table_until_flush() -> None:
+    pipe = Pipeline(flush=False)
+    store = pipe.stage.store
+    assert isinstance(store, TableWindowStore)
+    (msg,) = pipe.messages(ev("f-1", "acct-metro-pd", "face.verify")).items()
+    out = pipe.detect(*msg)
+    assert [a.rule_id for a, _ in out.alerts] == ["FR-001"]
+    assert pipe.table == {}, "a fired window must not be written before its alert is acked"
+    key = f"FR-001|{HOUR0}|{HOUR0 + HOUR_MS}|acct-metro-pd"
+    assert list(store.pending) == [key]
+    assert split_window_key(key) == ("FR-001", HOUR0, HOUR0 + HOUR_MS, "acct-metro-pd")
+    store.flush()
+    assert store.pending == {}
+    assert list(pipe.table) == [key]
+    for wire in pipe.table.values():
+        assert isinstance(wire, dict)
+        st = WindowState.from_wire(wire)
+        assert st.fired and st.ids == ["f-1"] and st.count == 1
+        orjson.dumps(wire)  # the table's changelog holds plain JSON
+
+
+def test_failed_publish_before_flush_fires_again_on_reprocessing() -> None:
+    """The agent drops the buffer when publishing fails: the alert is not lost."""
+    pipe = Pipeline(flush=False)
+    ((part, value),) = pipe.messages(ev("f-2", "acct-metro-pd", "face.verify")).items()
+    first = pipe.detect(part, value)
+    pipe.stage.store.pending.clear()  # what the agent does when the alert could not be sent
+    again = pipe.detect(part, value)
+    assert [a.alert_id for a, _ in again.alerts] == [a.alert_id for a, _ in first.alerts]
+    assert again.processed == 1 and again.duplicate == 0
+    pipe.stage.store.flush()
+    third = pipe.detect(part, value)
+    assert third.alerts == [] and (third.processed, third.duplicate) == (0, 1)
+
+
+def test_buffered_state_is_read_before_the_table() -> None:
+    pipe = Pipeline(flush=False)
+    ((part, value),) = pipe.messages(ev("f-3", "acct-metro-pd", "face.verify")).items()
+    pipe.detect(part, value)
+    out = pipe.detect(part, value)  # a redelivery before the flush is still recognised
+    assert out.alerts == [] and (out.processed, out.duplicate) == (0, 1)
+    assert pipe.table == {}
+
+
+# --- duplicate versus processed -------------------------------------------------------------
+
+
+def test_redelivered_counted_item_is_a_duplicate() -> None:
+    pipe = Pipeline()
+    rec = ev("d-1", "acct-gallery", "person_group.add_face", image_count=1)
+    first = pipe.feed(rec)
+    again = pipe.feed(dict(rec, operation="face.identify"))  # same event_id, other fields
+    assert [(o.processed, o.duplicate) for o in first] == [(1, 0)]
+    # the redelivery now also has an org-scope copy (FR-006): it counts nothing
+    assert sum(o.processed for o in again) == 0
+    assert sum(o.duplicate for o in again) == 1
+    assert sum(o.matches["FR-007"] for o in first + again) == 1
+    assert pipe.alerts == []
+
+
+def test_uncounted_items_are_neither_processed_nor_duplicate() -> None:
+    pipe = Pipeline()
+    rec = ev("d-2", "acct-retail-east", "face.identify", subject_ids=["s-1"])
+    org_part = destination("org-retail", PARTITIONS)
+    assert org_part != destination("acct-retail-east", PARTITIONS)
+    for _ in range(2):
+        messages = pipe.messages(rec)
+        assert set(messages) == {org_part, destination("acct-retail-east", PARTITIONS)}
+        out = pipe.detect(org_part, messages[org_part])
+        assert (out.processed, out.duplicate) == (0, 0)
+        assert out.error == 0 and out.dead_letters == []
+    assert pipe.stage.store.get(f"FR-006|{HOUR0}|{HOUR0 + HOUR_MS}|org-retail") is not None
+
+
+ORG_ONLY = b"""
+version: 1
+rules:
+  - id: ORG-1
+    title: org-wide identification
+    clause: test
+    severity: low
+    match: {field: fr_kind, equals: identify}
+    group_by: org_id
+    window: 1h
+    requires:
+      - {kind: count, at_least: 2}
+"""
+
+
+def test_org_scope_item_is_counted_when_no_account_rule_matches() -> None:
+    rules = parse_rules(ORG_ONLY, "org-only.yaml")
+    pipe = Pipeline(rules)
+    rec = ev("g-1", "acct-retail-east", "face.identify")
+    (msg,) = pipe.messages(rec).items()
+    item = orjson.loads(msg[1])["items"][0]
+    assert (item["s"], item["c"]) == ("o", 1)
+    out = pipe.detect(*msg)
+    assert (out.processed, out.duplicate) == (1, 0)
+    again = pipe.feed(rec)
+    assert [(o.processed, o.duplicate) for o in again] == [(0, 1)]
+    pipe.feed(ev("g-2", "acct-retail-west", "face.identify"))
+    assert [(a.rule_id, a.group_key, a.count) for a in pipe.alerts] == [("ORG-1", "org-retail", 2)]
+
+
+# --- expiry per partition -------------------------------------------------------------------
+
+
+def _account_on(partition: int, avoid: set[str] = frozenset()) -> str:  # type: ignore[assignment]
+    return next(
+        a
+        for a in (f"acct-p{partition}-{i}" for i in range(1000))
+        if destination(a, PARTITIONS) == partition and a not in avoid
+    )
+
+
+def test_expired_keys_only_for_the_partition_and_more_than_24h_behind() -> None:
+    pipe = Pipeline()
+    target, other = 1, 2
+    old = _account_on(target)
+    edge = _account_on(target, {old})
+    other_acct = _account_on(other)
+    # unknown accounts doing face.verify: FR-008 (1h windows, account scope)
+    pipe.feed(ev("x-old", old, "face.verify", ts=HOUR0))
+    pipe.feed(ev("x-edge", edge, "face.verify", ts=HOUR0 + HOUR_MS))
+    pipe.feed(ev("x-other", other_acct, "face.verify", ts=HOUR0))
+    key_old = f"FR-008|{HOUR0}|{HOUR0 + HOUR_MS}|{old}"
+    key_edge = f"FR-008|{HOUR0 + HOUR_MS}|{HOUR0 + 2 * HOUR_MS}|{edge}"
+    key_other = f"FR-008|{HOUR0}|{HOUR0 + HOUR_MS}|{other_acct}"
+    assert {key_old, key_edge, key_other} <= set(pipe.table)
+    assert pipe.stage.expired_keys(target) == []
+    # the target partition's event time moves to exactly 24h after the edge window's end
+    late = _account_on(target, {old, edge})
+    wm = HOUR0 + 2 * HOUR_MS + RETENTION_MS
+    pipe.feed(ev("x-late", late, "face.verify", ts=wm))
+    assert pipe.stage.watermarks[target] == wm
+    expired = pipe.stage.expired_keys(target)
+    assert len(expired) == len(set(expired)), f"a key is returned twice: {expired}"
+    assert expired == [key_old]  # the edge window is exactly 24h behind: kept
+    del pipe.table[key_old]  # what the agent does with them
+    # the other partition's old window is not this partition's to drop, and its own
+    # watermark has not moved
+    assert pipe.stage.expired_keys(other) == []
+    pipe.feed(ev("x-later", late, "face.verify", ts=wm + 1))
+    assert pipe.stage.expired_keys(target) == [key_edge]
+    assert pipe.stage.expired_keys(other) == []
+    assert key_other in pipe.table
+
+
+def test_expiry_run_like_the_detect_agent_deletes_each_key_once() -> None:
+    """The agent deletes every returned key from the table after each stage-2 message."""
+    pipe = Pipeline()
+    acct = _account_on(0)
+    for day in range(4):
+        for hour in range(0, 24, 6):
+            ts = HOUR0 + day * DAY_MS + hour * HOUR_MS
+            for p, value in pipe.messages(
+                ev(f"z-{day}-{hour}", acct, "face.verify", ts=ts)
+            ).items():
+                pipe.detect(p, value)
+                for key in pipe.stage.expired_keys(p):
+                    del pipe.table[key]  # a KeyError here would stop the live agent
+    wm = pipe.stage.watermarks[0]
+    ends = sorted(split_window_key(k)[2] for k in pipe.table)
+    assert ends and all(wm - end <= RETENTION_MS for end in ends)
+    assert len(pipe.table) == 5  # the windows of the last 24h (+ the one ending 24h ago)
+
+
+def test_expired_keys_of_org_windows_follow_the_org_partition() -> None:
+    pipe = Pipeline()
+    for i in range(3):
+        acct = "acct-retail-east" if i % 2 else "acct-retail-west"
+        pipe.feed(ev(f"y-{i}", acct, "face.identify", ts=HOUR0, subject_ids=[f"s-{i}"]))
+    org_key = f"FR-006|{HOUR0}|{HOUR0 + HOUR_MS}|org-retail"
+    assert org_key in pipe.table
+    org_part = destination("org-retail", PARTITIONS)
+    late = _account_on(org_part)
+    pipe.feed(ev("y-late", late, "face.verify", ts=HOUR0 + 30 * HOUR_MS))
+    assert org_key in pipe.stage.expired_keys(org_part)
+    for p in range(PARTITIONS):
+        if p != org_part:
+            assert org_key not in pipe.stage.expired_keys(p)
+
+
+# --- internal errors ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        {"s": "a", "e": {"event_id": "bad", "ts": "yesterday"}, "a": None, "k": 0, "c": 1},
+        {"s": "x", "e": ev("bad", "acct-uni", "face.verify"), "a": None, "k": 0, "c": 1},
+        {"s": "a", "e": ev("bad", "acct-uni", "face.verify"), "a": {"org_id": 1}, "k": 0, "c": 1},
+    ],
+    ids=["invalid-event", "unknown-scope", "broken-account"],
+)
+def test_corrupt_item_is_an_internal_error_and_the_next_item_goes_on(
+    corrupt: dict[str, Any],
+) -> None:
+    pipe = Pipeline()
+    ((_, good_value),) = pipe.messages(ev("ok-1", "acct-metro-pd", "face.verify")).items()
+    good = orjson.loads(good_value)["items"]
+    value = orjson.dumps({"items": [corrupt, *good]})
+    out = pipe.stage.observe(value, DETECT_TOPIC, 3, 17)
+    assert out.error == 1
+    (dl,) = out.dead_letters
+    assert (dl.rejection.reason, dl.rejection.field) == (INTERNAL_ERROR, None)
+    assert dl.rejection.detail
+    assert (dl.topic, dl.partition, dl.offset) == (DETECT_TOPIC, 3, 17)
+    assert orjson.loads(dl.raw) == corrupt["e"]
+    assert out.processed == 1
+    assert [a.alert_id for a, _ in out.alerts] == [alert_id("FR-001", "acct-metro-pd", HOUR0)]
+
+
+def test_corrupt_uncounted_item_counts_no_error() -> None:
+    """An org-scope copy ("c": 0) was already counted by its account-scope item."""
+    stage = DetectStage(RULES, {}, PARTITIONS)
+    item = {"s": "o", "e": {"event_id": "bad"}, "a": None, "k": 0, "c": 0}
+    out = stage.observe(orjson.dumps({"items": [item]}), DETECT_TOPIC, 0, 0)
+    assert out.error == 0
+    assert [d.rejection.reason for d in out.dead_letters] == [INTERNAL_ERROR]
+
+
+def test_entries_by_rule_counts_table_states() -> None:
+    pipe = Pipeline()
+    for e in traffic(hours=1):
+        pipe.feed(e)
+    by_rule = pipe.stage.store.entries_by_rule()
+    assert sum(by_rule.values()) == len(pipe.table)
+    assert set(by_rule) <= {r.id for r in RULES.rules}
+    assert by_rule["FR-006"] >= 1 and by_rule["FR-007"] >= 1

@@ -1,0 +1,410 @@
+"""Stage 1 (`streams.app.routing.Router.route`): validation, DLQ records, enrichment, routing.
+
+Pure: no Faust, no Kafka. SPEC 1 (account_id from the value), 2 (batches), 2.3 (DLQ records,
+future_timestamp, internal_error), 3 (enrichment), 7 (what each record is counted as).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.app.routing import FUTURE_TOLERANCE_MS, Routed, Router, destination
+from streams.core.classify import EnrichedEvent
+from streams.core.rules import RuleSet, load_rules
+from streams.synthetic import DEFAULT_START_MS, SAMPLE_ACCOUNTS, demo_traffic
+from topics.accounts import AccountDirectory, AccountRecord, parse_account_record
+from topics.dlq import (
+    FUTURE_TIMESTAMP,
+    INTERNAL_ERROR,
+    MISSING_FIELD,
+    NOT_JSON,
+    NOT_OBJECT,
+    OUT_OF_RANGE,
+    WRONG_TYPE,
+)
+
+TOPIC = "api.requests"
+PARTITIONS = 8
+NOW = DEFAULT_START_MS + 3_600_000  # the wall clock, one hour after the events
+KAFKA_TS = NOW - 1_000
+RULES = load_rules()
+
+
+def directory() -> AccountDirectory:
+    d = AccountDirectory()
+    for row in SAMPLE_ACCOUNTS:
+        rec = parse_account_record(row)
+        assert isinstance(rec, AccountRecord), rec
+        d.apply(rec)
+    return d
+
+
+def router(rules: RuleSet = RULES) -> Router:
+    return Router(rules, directory(), PARTITIONS)
+
+
+def event(
+    event_id: str = "e-1",
+    account_id: str = "acct-uni",
+    operation: str = "chat.completions",
+    ts: Any = DEFAULT_START_MS,
+    **fields: Any,
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "ts": ts,
+        "account_id": account_id,
+        "operation": operation,
+        **fields,
+    }
+
+
+def route(r: Router, value: Any, partition: int = 3, offset: int = 42, now_ms: int = NOW) -> Routed:
+    data = value if isinstance(value, bytes) or value is None else orjson.dumps(value)
+    return r.route(data, TOPIC, partition, offset, KAFKA_TS, now_ms)
+
+
+def items(out: Routed) -> list[dict[str, Any]]:
+    return [item for part in sorted(out.forwards) for item in out.forwards[part]]
+
+
+def counts(out: Routed) -> dict[str, int]:
+    return {
+        "processed": out.processed,
+        "malformed": out.malformed,
+        "rejected": out.rejected,
+        "error": out.error,
+        "hits": out.hits,
+        "misses": out.misses,
+    }
+
+
+# --- malformed input (SPEC 2.3) -------------------------------------------------------------
+
+MALFORMED = [
+    (b"this is not json", NOT_JSON, None),
+    (b"", NOT_JSON, None),
+    (b"[1, 2, 3]", NOT_OBJECT, None),
+    (b'"a string"', NOT_OBJECT, None),
+    (
+        orjson.dumps({k: v for k, v in event().items() if k != "event_id"}),
+        MISSING_FIELD,
+        "event_id",
+    ),
+    (orjson.dumps({k: v for k, v in event().items() if k != "ts"}), MISSING_FIELD, "ts"),
+    (orjson.dumps(event(ts=True)), WRONG_TYPE, "ts"),
+    (orjson.dumps(event(ts="2026-11-18T07:00:00")), WRONG_TYPE, "ts"),
+    (orjson.dumps(event(image_count=1.0)), WRONG_TYPE, "image_count"),
+    (orjson.dumps(event(image_count=-1)), OUT_OF_RANGE, "image_count"),
+    (orjson.dumps(event(event_id="x" * 129)), OUT_OF_RANGE, "event_id"),
+    (orjson.dumps(event(account_id="")), OUT_OF_RANGE, "account_id"),
+    (b'{"records": "nope"}', WRONG_TYPE, "records"),
+]
+
+
+@pytest.mark.parametrize(("raw", "reason", "field"), MALFORMED)
+def test_malformed_record_becomes_a_dead_letter_with_its_origin(
+    raw: bytes, reason: str, field: str | None
+) -> None:
+    out = route(router(), raw, partition=5, offset=1234)
+    assert counts(out) == {**counts(Routed()), "malformed": 1}
+    assert out.forwards == {} and out.lags_s == []
+    (dl,) = out.dead_letters
+    assert (dl.rejection.reason, dl.rejection.field) == (reason, field)
+    assert dl.rejection.detail
+    assert dl.raw == raw.decode()
+    assert (dl.topic, dl.partition, dl.offset) == (TOPIC, 5, 1234)
+    doc = orjson.loads(dl.to_json())
+    assert set(doc) == {"reason", "field", "detail", "raw", "topic", "partition", "offset"}
+    assert doc["raw"] == raw.decode() and doc["offset"] == 1234
+
+
+def test_a_null_message_value_is_one_malformed_record() -> None:
+    out = route(router(), None)
+    assert out.malformed == 1
+    assert out.dead_letters[0].rejection.reason == NOT_JSON
+
+
+def test_batch_records_are_dead_lettered_one_by_one_and_the_rest_go_on() -> None:
+    good = event("ok-1", "acct-metro-pd", "face.verify")
+    batch = {"records": [7, {"event_id": "bad-3"}, good, {"records": []}]}
+    out = route(router(), batch, partition=2, offset=9)
+    assert out.malformed == 3
+    reasons = [(d.rejection.reason, d.rejection.field) for d in out.dead_letters]
+    assert reasons == [(NOT_OBJECT, None), (MISSING_FIELD, "ts"), (MISSING_FIELD, "event_id")]
+    # each dead letter carries its own record as text, and the message it came in
+    assert [orjson.loads(d.raw) for d in out.dead_letters] == [
+        7,
+        {"event_id": "bad-3"},
+        {"records": []},
+    ]
+    assert {(d.topic, d.partition, d.offset) for d in out.dead_letters} == {(TOPIC, 2, 9)}
+    assert [i["e"]["event_id"] for i in items(out)] == ["ok-1"]
+
+
+def test_an_empty_batch_holds_no_record() -> None:
+    out = route(router(), {"records": []})
+    assert counts(out) == counts(Routed()) and out.dead_letters == [] and out.forwards == {}
+
+
+# --- future timestamps (SPEC 2.3, live only) ------------------------------------------------
+
+
+def test_ts_more_than_five_minutes_ahead_is_rejected_with_field_ts() -> None:
+    ev = event("fut-1", "acct-metro-pd", "face.identify", ts=NOW + FUTURE_TOLERANCE_MS + 1)
+    out = route(router(), ev, partition=1, offset=77)
+    assert counts(out) == {**counts(Routed()), "rejected": 1}
+    assert out.forwards == {}
+    (dl,) = out.dead_letters
+    assert (dl.rejection.reason, dl.rejection.field) == (FUTURE_TIMESTAMP, "ts")
+    assert (dl.topic, dl.partition, dl.offset) == (TOPIC, 1, 77)
+    assert orjson.loads(dl.raw)["event_id"] == "fut-1"
+
+
+def test_ts_exactly_five_minutes_ahead_is_accepted() -> None:
+    assert FUTURE_TOLERANCE_MS == 5 * 60_000
+    ev = event("fut-2", "acct-metro-pd", "face.verify", ts=NOW + 5 * 60_000)
+    out = route(router(), ev)
+    assert out.rejected == 0 and out.dead_letters == []
+    assert [i["e"]["event_id"] for i in items(out)] == ["fut-2"]
+    assert out.lags_s == [0.0]  # negative lag counts as 0
+
+
+def test_future_timestamp_dead_letter_keeps_the_record_as_sent() -> None:
+    """SPEC 2.3: rejected "the same way" as malformed input, so `raw` is the record as text.
+
+    An investigator reading the DLQ must see what the producer sent (the RFC 3339 ts string
+    and any extra fields), not frwatch's normalised re-serialisation of it.
+    """
+    ts = "2026-11-18T13:00:00.000Z"  # NOW is 12:06:40Z: 53 minutes ahead
+    ev = event("fut-3", "acct-metro-pd", "face.identify", ts=ts, trace_id="abc")
+    (dl,) = route(router(), ev).dead_letters
+    assert dl.rejection.reason == FUTURE_TIMESTAMP
+    assert orjson.loads(dl.raw) == ev
+
+
+def test_future_timestamp_in_a_batch_rejects_only_that_record() -> None:
+    batch = {
+        "records": [
+            event("b-1", "acct-metro-pd", "face.verify"),
+            event("b-2", "acct-metro-pd", "face.verify", ts=NOW + 3_600_000),
+            event("b-3", "acct-uni"),
+        ]
+    }
+    out = route(router(), batch)
+    assert (out.processed, out.rejected, out.malformed) == (1, 1, 0)
+    assert [d.rejection.reason for d in out.dead_letters] == [FUTURE_TIMESTAMP]
+    assert [i["e"]["event_id"] for i in items(out)] == ["b-1"]
+    assert (out.hits, out.misses) == (2, 0)
+
+
+# --- enrichment (SPEC 3) --------------------------------------------------------------------
+
+
+def test_known_account_is_an_enrichment_hit_and_unknown_a_miss() -> None:
+    r = router()
+    hit = route(r, event("h-1", "acct-uni"))
+    miss = route(r, event("m-1", "acct-nobody"))
+    assert (hit.hits, hit.misses) == (1, 0)
+    assert (miss.hits, miss.misses) == (0, 1)
+
+
+def test_enrichment_uses_the_directory_at_the_time_of_routing() -> None:
+    r = router()
+    ev = event("x-1", "acct-late", "face.identify")
+    first = route(r, ev)
+    assert (first.hits, first.misses) == (0, 1)
+    # unknown account doing fr_use: FR-008, with no account snapshot
+    assert [(i["s"], i["a"]) for i in items(first)] == [("a", None)]
+    r.directory.apply(AccountRecord("acct-late", org_id="org-late", sector="commercial"))
+    second = route(r, dict(ev, event_id="x-2"))
+    assert (second.hits, second.misses) == (1, 0)
+    assert {i["a"]["org_id"] for i in items(second)} == {"org-late"}
+
+
+def test_lag_is_wall_clock_minus_event_time_in_seconds() -> None:
+    out = route(router(), event(ts=NOW - 90_500))
+    assert out.lags_s == [90.5]
+
+
+# --- records that match no rule -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ev",
+    [
+        event("n-1", "acct-uni", "chat.completions"),
+        event("n-2", "acct-uni", "embeddings"),
+        event("n-3", "acct-bank-kyc", "face.verify", image_count=2),  # allowed verification
+        event("n-4", "acct-uni", "face.detect", image_count=1, faces_detected=3),
+        event("n-5", "acct-nobody", "some.unknown.operation"),
+    ],
+)
+def test_record_matching_no_rule_is_processed_and_not_forwarded(ev: dict[str, Any]) -> None:
+    out = route(router(), ev)
+    assert out.forwards == {}
+    assert out.processed == 1
+    assert out.dead_letters == []
+    assert out.hits + out.misses == 1
+
+
+# --- records that match rules ---------------------------------------------------------------
+
+
+def test_account_scope_match_goes_to_the_account_partition_counted() -> None:
+    ev = event(
+        "le-1",
+        "acct-metro-pd",
+        "face.verify",
+        image_count=1,
+        capture={"device": "body_camera", "setting": "in_the_wild"},
+        trace_id="dropped",
+    )
+    out = route(router(), ev)
+    assert out.processed == 0, "stage 2 counts forwarded records"
+    # FR-001 and FR-002 match in the account scope (no org rule): one item, not two
+    assert list(out.forwards) == [destination("acct-metro-pd", PARTITIONS)]
+    (item,) = items(out)
+    assert item["s"] == "a" and item["c"] == 1 and item["k"] == KAFKA_TS
+    assert item["e"] == {
+        "event_id": "le-1",
+        "ts": DEFAULT_START_MS,
+        "account_id": "acct-metro-pd",
+        "operation": "face.verify",
+        "image_count": 1,
+        "capture": {"device": "body_camera", "setting": "in_the_wild"},
+    }
+    assert item["a"] == {
+        "account_id": "acct-metro-pd",
+        "org_id": "org-metro",
+        "org_name": "Metro City Police",
+        "sector": "law_enforcement",
+        "acting_for": None,
+        "country": "US",
+        "approved_uses": [],
+    }
+    orjson.dumps({"items": [item]})  # the stage-2 message is plain JSON
+
+
+def test_org_scope_copy_goes_to_the_org_partition_not_counted() -> None:
+    ev = event("org-1", "acct-retail-east", "face.identify", subject_ids=["s-1"])
+    out = route(router(), ev)
+    by_scope = {i["s"]: (p, i) for p, its in out.forwards.items() for i in its}
+    assert set(by_scope) == {"a", "o"}  # FR-007 (account) and FR-006 (org)
+    part_a, item_a = by_scope["a"]
+    part_o, item_o = by_scope["o"]
+    assert part_a == destination("acct-retail-east", PARTITIONS)
+    assert part_o == destination("org-retail", PARTITIONS)
+    assert (item_a["c"], item_o["c"]) == (1, 0)
+    assert item_a["e"] == item_o["e"] and item_a["a"] == item_o["a"]
+    assert item_o["a"]["org_id"] == "org-retail"
+    assert out.processed == 0 and sum(i["c"] for i in items(out)) == 1
+
+
+def test_destination_is_stable_and_in_range() -> None:
+    keys = [f"acct-{i}" for i in range(200)]
+    parts = [destination(k, PARTITIONS) for k in keys]
+    assert all(0 <= p < PARTITIONS for p in parts)
+    assert parts == [destination(k, PARTITIONS) for k in keys]
+    assert len(set(parts)) == PARTITIONS
+    assert destination("org-retail", 1) == 0
+
+
+def test_message_key_plays_no_part() -> None:
+    """SPEC 1: routing uses the value's account_id (route() does not even take the key)."""
+    ev = event("k-1", "acct-fleetcam", "face.verify", capture={"device": "dash_camera"})
+    out = route(router(), ev)
+    assert list(out.forwards) == [destination("acct-fleetcam", PARTITIONS)]
+
+
+def _traffic() -> list[dict[str, Any]]:
+    return list(demo_traffic(5, DEFAULT_START_MS, 20))
+
+
+def test_batch_of_mixed_accounts_routes_like_records_sent_one_by_one() -> None:
+    records = _traffic()
+    assert len({r["account_id"] for r in records}) > 5
+    batched = route(router(), {"records": records}, partition=0, offset=7)
+    one_by_one: dict[int, list[dict[str, Any]]] = {}
+    singles = Routed()
+    r = router()
+    for rec in records:
+        out = route(r, rec, partition=0, offset=7)
+        for part, its in out.forwards.items():
+            one_by_one.setdefault(part, []).extend(its)
+        for name in ("processed", "malformed", "rejected", "error", "hits", "misses"):
+            setattr(singles, name, getattr(singles, name) + getattr(out, name))
+        singles.lags_s.extend(out.lags_s)
+    assert batched.forwards == one_by_one
+    assert counts(batched) == counts(singles)
+    assert batched.lags_s == singles.lags_s
+    assert batched.processed + sum(i["c"] for i in items(batched)) == len(records)
+
+
+def test_every_record_is_accounted_for_exactly_once() -> None:
+    records: list[Any] = [*_traffic(), 7, {"event_id": "no-ts"}]
+    records.append(event("fut", ts=NOW + 10 * 60_000))
+    out = route(router(), {"records": records})
+    counted = out.processed + out.malformed + out.rejected + out.error
+    assert counted + sum(i["c"] for i in items(out)) == len(records)
+    assert out.hits + out.misses == len(records) - out.malformed - out.rejected
+
+
+# --- internal errors (SPEC 2.3) -------------------------------------------------------------
+
+
+def _exploding(rule_id: str) -> RuleSet:
+    """The built-in rules with `rule_id`'s match raising for event ids starting with "boom"."""
+
+    def swap(rule: Any) -> Any:
+        if rule.id != rule_id:
+            return rule
+        original = rule.match
+
+        def match(ee: EnrichedEvent) -> bool:
+            if ee.event.event_id.startswith("boom"):
+                raise RuntimeError("rule exploded")
+            return bool(original(ee))
+
+        return dataclasses.replace(rule, match=match)
+
+    return dataclasses.replace(RULES, rules=tuple(swap(r) for r in RULES.rules))
+
+
+@pytest.mark.parametrize(
+    ("rule_id", "ev"),
+    [
+        # the account-scope rule raises before anything is forwarded
+        ("FR-001", event("boom-1", "acct-metro-pd", "face.identify")),
+        # the org-scope rule raises after the account-scope item has been built
+        ("FR-006", event("boom-2", "acct-retail-east", "face.identify", subject_ids=["s-1"])),
+    ],
+    ids=["account-scope-rule", "org-scope-rule"],
+)
+def test_exception_in_routing_is_an_internal_error_and_the_next_record_goes_on(
+    rule_id: str, ev: dict[str, Any]
+) -> None:
+    r = router(_exploding(rule_id))
+    follow = dict(ev, event_id="fine-1")
+    out = route(r, {"records": [ev, follow]}, partition=6, offset=99)
+    assert out.error == 1
+    (dl,) = out.dead_letters
+    assert (dl.rejection.reason, dl.rejection.field) == (INTERNAL_ERROR, None)
+    assert "RuntimeError" in dl.rejection.detail and "rule exploded" in dl.rejection.detail
+    assert orjson.loads(dl.raw)["event_id"] == ev["event_id"]
+    assert (dl.topic, dl.partition, dl.offset) == (TOPIC, 6, 99)
+    # the failed record is counted once, as an error: it must not also reach stage 2, where it
+    # would be counted a second time (SPEC 7: every record exactly once, under one result)
+    forwarded = {i["e"]["event_id"] for i in items(out)}
+    assert ev["event_id"] not in forwarded
+    assert "fine-1" in forwarded
+    counted = out.processed + out.malformed + out.rejected + out.error
+    assert counted + sum(i["c"] for i in items(out)) == 2
+    # and the router keeps working on the next message
+    nxt = route(r, dict(ev, event_id="fine-2"))
+    assert nxt.error == 0 and nxt.dead_letters == []
+    assert "fine-2" in {i["e"]["event_id"] for i in items(nxt)}
