@@ -74,9 +74,6 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
         key_serializer="json",
         value_serializer="json",
         table_cleanup_interval=3600.0,
-        # bigger fetches and stream buffers: fewer round trips to the consumer thread
-        consumer_max_fetch_size=8 << 20,
-        stream_buffer_maxsize=65536,
     )
     registry = CollectorRegistry()
     install_metrics_endpoint(app, registry, FAUST_PREFIX)
