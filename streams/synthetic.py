@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from topics.accounts import AccountDirectory, AccountRecord, parse_account_record
+
 HOUR_MS = 3_600_000
 DEFAULT_START_MS = 1_795_000_000_000  # 2026-11-18T11:06:40Z, mid-hour on purpose
 
@@ -307,6 +309,17 @@ def bench_traffic(
         yield e
         produced += 1
         ts += step
+
+
+def sample_directory() -> AccountDirectory:
+    """The sample accounts, applied: the directory the synthetic traffic expects."""
+    directory = AccountDirectory()
+    for row in SAMPLE_ACCOUNTS:
+        record = parse_account_record(row)
+        if not isinstance(record, AccountRecord):
+            raise ValueError(f"sample account {row['account_id']} is invalid: {record}")
+        directory.apply(record)
+    return directory
 
 
 def live_demo_events(seed: int, now_ms: int, background: int = 400) -> list[dict[str, Any]]:

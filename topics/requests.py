@@ -247,6 +247,16 @@ def _opt_str_ok(v: object) -> bool:
     return v is None or type(v) is str
 
 
+def _two_strings(obj: object, a: str, b: str) -> tuple[str | None, str | None] | None:
+    """Fields a and b of an object when each is a string or absent; None otherwise."""
+    if type(obj) is not dict:
+        return None
+    va, vb = obj.get(a), obj.get(b)
+    if _opt_str_ok(va) and _opt_str_ok(vb):
+        return va, vb
+    return None
+
+
 def _accept(rec: dict[str, Any]) -> RequestEvent | None:
     """The event when every field is valid, else None; `_validate` then names the problem.
 
@@ -314,18 +324,16 @@ def _accept(rec: dict[str, Any]) -> RequestEvent | None:
     gallery = capture = intent = None
     g = get("gallery")
     if g is not None:
-        if type(g) is not dict:
+        pair = _two_strings(g, "id", "kind")
+        if pair is None:
             return None
-        gallery = Gallery(g.get("id"), g.get("kind"))
-        if not (_opt_str_ok(gallery.id) and _opt_str_ok(gallery.kind)):
-            return None
+        gallery = Gallery(*pair)
     c = get("capture")
     if c is not None:
-        if type(c) is not dict:
+        pair = _two_strings(c, "device", "setting")
+        if pair is None:
             return None
-        capture = Capture(c.get("device"), c.get("setting"))
-        if not (_opt_str_ok(capture.device) and _opt_str_ok(capture.setting)):
-            return None
+        capture = Capture(*pair)
     i = get("intent")
     if i is not None:
         if type(i) is not dict:

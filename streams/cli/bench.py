@@ -15,8 +15,7 @@ import orjson
 from streams.core.rules import load_rules
 from streams.replay import open_all, replay
 from streams.settings import Settings
-from streams.synthetic import SAMPLE_ACCOUNTS, bench_traffic
-from topics.accounts import AccountDirectory, parse_account_record
+from streams.synthetic import bench_traffic, sample_directory
 
 
 def _say(msg: str) -> None:
@@ -35,16 +34,6 @@ def write_archive(path: str, n_events: int) -> int:
         if buf:
             fh.write(b"\n".join(buf) + b"\n")
     return os.path.getsize(path)
-
-
-def sample_directory() -> AccountDirectory:
-    """The sample accounts the synthetic traffic refers to."""
-    directory = AccountDirectory()
-    for rec in SAMPLE_ACCOUNTS:
-        parsed = parse_account_record(rec)
-        assert not isinstance(parsed, Exception)
-        directory.apply(parsed)  # type: ignore[arg-type]
-    return directory
 
 
 def measure_replay(path: str) -> dict[str, Any]:

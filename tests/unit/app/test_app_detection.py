@@ -20,8 +20,13 @@ from streams.core.engine import Detector
 from streams.core.rules import RuleSet, load_rules, parse_rules
 from streams.core.state import MemoryWindowStore, WindowState, split_window_key
 from streams.core.windows import RETENTION_MS
-from streams.synthetic import DEFAULT_START_MS, HOUR_MS, SAMPLE_ACCOUNTS, demo_traffic
-from topics.accounts import AccountDirectory, AccountRecord, parse_account_record
+from streams.synthetic import (
+    DEFAULT_START_MS,
+    HOUR_MS,
+    demo_traffic,
+    sample_directory,
+)
+from topics.accounts import AccountDirectory
 from topics.alerts import Alert, alert_id
 from topics.dlq import INTERNAL_ERROR
 from topics.requests import RequestEvent, parse_request_record
@@ -35,12 +40,7 @@ NOW = DEFAULT_START_MS + 400 * DAY_MS  # the wall clock: after every event of th
 
 
 def directory() -> AccountDirectory:
-    d = AccountDirectory()
-    for row in SAMPLE_ACCOUNTS:
-        rec = parse_account_record(row)
-        assert isinstance(rec, AccountRecord), rec
-        d.apply(rec)
-    return d
+    return sample_directory()
 
 
 class Pipeline:

@@ -15,8 +15,8 @@ import pytest
 from streams.app.routing import FUTURE_TOLERANCE_MS, Routed, Router, destination
 from streams.core.classify import EnrichedEvent
 from streams.core.rules import RuleSet, load_rules
-from streams.synthetic import DEFAULT_START_MS, SAMPLE_ACCOUNTS, demo_traffic
-from topics.accounts import AccountDirectory, AccountRecord, parse_account_record
+from streams.synthetic import DEFAULT_START_MS, demo_traffic, sample_directory
+from topics.accounts import AccountDirectory, AccountRecord
 from topics.dlq import (
     FUTURE_TIMESTAMP,
     INTERNAL_ERROR,
@@ -35,12 +35,7 @@ RULES = load_rules()
 
 
 def directory() -> AccountDirectory:
-    d = AccountDirectory()
-    for row in SAMPLE_ACCOUNTS:
-        rec = parse_account_record(row)
-        assert isinstance(rec, AccountRecord), rec
-        d.apply(rec)
-    return d
+    return sample_directory()
 
 
 def router(rules: RuleSet = RULES) -> Router:
