@@ -236,20 +236,28 @@ def test_two_workers_share_the_work(kafka_bootstrap: str, unique_name: str, tmp_
     expected, summary = replay_alerts(events, accounts, env)
     workers = [Worker(env, tmp_path / f"w{i}").start() for i in range(2)]
     try:
-        time.sleep(3.0)  # let the group settle on two members
+        # the group settles on two members: the first worker has finished two rebalances
+        # (alone, then with the second), the second one
+        done = "frwatch_faust_rebalance_done_latency_count"
+        wait_for(
+            lambda: workers[0].metric(done) >= 2 and workers[1].metric(done) >= 1,
+            60,
+            "both workers to hold partitions",
+            workers,
+        )
         frwatch(["publish", "--batch", "20", str(events)], env)
         wait_for(
             lambda: sum(w.records_counted() for w in workers) >= summary["events"],
             150,
             "every record counted across both workers",
-            workers[0],
+            workers,
         )
         want = {a["alert_id"] for a in expected}
         wait_for(
             lambda: set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want,
             30,
             "all alerts",
-            workers[0],
+            workers,
         )
         assert set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) == want
         # both workers know every account (each reads the whole accounts topic)

@@ -143,17 +143,28 @@ class Worker:
 
 
 def wait_for(
-    cond: Callable[[], Any], timeout: float, what: str, worker: Worker | None = None
+    cond: Callable[[], Any], timeout: float, what: str, worker: Worker | list[Worker] | None = None
 ) -> Any:
-    """Poll `cond` until truthy; on timeout fail with the worker log."""
+    """Poll `cond` until truthy; on timeout fail with every given worker's counts and log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = cond()
         if v:
             return v
         time.sleep(0.25)
-    tail = f"\n--- worker log:\n{worker.log_tail()}" if worker is not None else ""
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}{tail}")
+    workers = worker if isinstance(worker, list) else [worker] if worker is not None else []
+    tails = "".join(
+        f"\n--- worker on port {w.port} (records counted: {_safe_count(w)}):\n{w.log_tail(40)}"
+        for w in workers
+    )
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}{tails}")
+
+
+def _safe_count(worker: Worker) -> object:
+    try:
+        return worker.records_counted()
+    except AssertionError as exc:  # the worker died
+        return str(exc).splitlines()[0]
 
 
 async def _read_all(
