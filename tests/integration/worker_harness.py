@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,43 @@ def _safe_count(worker: Worker) -> object:
         return worker.records_counted()
     except AssertionError as exc:  # the worker died
         return str(exc).splitlines()[0]
+
+
+def wait_restarting_stalled(
+    cond: Callable[[], Any],
+    timeout: float,
+    what: str,
+    workers: list[Worker],
+    stall_s: float = 45.0,
+) -> int:
+    """Like wait_for, but a worker whose count has not moved for `stall_s` while `cond` is
+    still false is restarted once, as an operator paged by FrwatchNoEventsProcessed would
+    (known Faust stall after a member leaves: docs/operations.md, Known issues).
+
+    Returns how many restarts were needed; the caller reports them.
+    """
+    deadline = time.monotonic() + timeout
+    last = {w.port: (_safe_count(w), time.monotonic()) for w in workers}
+    restarted: set[int] = set()
+    while time.monotonic() < deadline:
+        if cond():
+            return len(restarted)
+        now = time.monotonic()
+        for w in workers:
+            count = _safe_count(w)
+            seen, since = last[w.port]
+            if count != seen:
+                last[w.port] = (count, now)
+            elif now - since > stall_s and w.port not in restarted:
+                warnings.warn(
+                    f"worker on port {w.port} stalled at {count} records; restarting", stacklevel=2
+                )
+                w.stop()
+                w.start()
+                restarted.add(w.port)
+                last[w.port] = (_safe_count(w), time.monotonic())
+        time.sleep(0.5)
+    return wait_for(cond, 0.1, what, workers)  # raises with every worker's log
 
 
 async def _read_all(
