@@ -212,6 +212,17 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
 
     app.on_partitions_assigned.connect(reindex_windows)  # type: ignore[arg-type]
 
+    async def forget_read_offsets(app: Any, *args: Any, **kwargs: Any) -> None:
+        # Workaround for a Faust 0.15 rebalance bug (docs/operations.md, Known issues): the
+        # drain loop silently drops every message below the partition's last *read* offset.
+        # A rebalance clears the stream buffers and seeks back to the committed offsets, but
+        # only partitions that have a committed offset get their read offset reset; on the
+        # others the re-fetched, never processed messages were dropped. Sent just before the
+        # seek to committed offsets, this makes every assigned partition start afresh.
+        app.consumer._read_offset.clear()
+
+    app.on_rebalance_complete.connect(forget_read_offsets)  # type: ignore[arg-type]
+
     @app.agent(accounts_topic, name="account-audit")
     async def account_audit(stream: Any) -> None:
         # every worker's feed applies valid records; this agent (one consumer per partition in

@@ -264,3 +264,42 @@ def test_two_workers_share_the_work(kafka_bootstrap: str, unique_name: str, tmp_
     finally:
         for w in workers:
             w.stop()
+
+
+def test_rebalances_under_load_lose_no_alert(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    """A worker joins mid-archive, then the first one leaves: the alert set is complete.
+
+    Before the read-offset workaround in streams/app/faust_app.py, the surviving worker
+    skipped the records that a rebalance had cleared from its buffers (1 run in 3).
+    """
+    env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path, hours=12)
+    expected, _ = replay_alerts(events, accounts, env)
+    want = {a["alert_id"] for a in expected}
+    lines = events.read_bytes().splitlines()
+    half = len(lines) // 2
+    frwatch(["publish", str(write_jsonl(tmp_path / "first.jsonl", lines[:half]))], env)
+    first = Worker(env, tmp_path / "w1").start()
+    second = None
+    try:
+        wait_for(lambda: first.records_counted() > 0, 90, "the first worker to start", first)
+        second = Worker(env, tmp_path / "w2").start()
+        # the rest arrives while the group rebalances onto two members
+        frwatch(["publish", str(write_jsonl(tmp_path / "second.jsonl", lines[half:]))], env)
+        joiner = second
+        wait_for(
+            lambda: joiner.records_counted() > 0, 90, "the joiner to take work", [first, second]
+        )
+        first.stop()  # a graceful leave: its partitions move to the second worker
+        wait_for(
+            lambda: set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want,
+            150,
+            "the complete alert set after the rebalances",
+            [first, second],
+        )
+        assert set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) == want
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
