@@ -225,6 +225,7 @@ def measure_live(
         ],
         capture_output=True,
         timeout=900,
+        cwd=tempfile.gettempdir(),  # Faust leaves a data folder in its working directory
     )
     floor_eps = None
     if floor.returncode == 0:
