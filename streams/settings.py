@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -63,12 +63,6 @@ class Settings:
     def faust_broker(self) -> str:
         """The broker URL list in Faust's form (`kafka://h:p;kafka://h:p`)."""
         return ";".join(f"kafka://{h}" for h in self.bootstrap_servers)
-
-    def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
-        """A copy with non-None values replaced and validated again."""
-        raw = {f.name: getattr(self, f.name) for f in fields(self)}
-        raw.update({k: v for k, v in overrides.items() if v is not None})
-        return _validated({k: "" if v is None else str(v) for k, v in raw.items()})
 
     def topics(self) -> dict[str, str]:
         """The four public topic names by role."""
@@ -130,6 +124,3 @@ def settings_from_env(
         if v is not None:
             raw[k] = str(v)
     return _validated(raw)
-
-
-__all__ = ["SETTINGS", "Settings", "SettingsError", "replace", "settings_from_env"]

@@ -49,6 +49,19 @@ class AccountRecord:
             "approved_uses": list(self.approved_uses),
         }
 
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> AccountRecord:
+        """Inverse of `to_wire`."""
+        return cls(
+            account_id=wire["account_id"],
+            org_id=wire["org_id"],
+            org_name=wire["org_name"],
+            sector=wire["sector"],
+            acting_for=wire["acting_for"],
+            country=wire["country"],
+            approved_uses=tuple(wire["approved_uses"]),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class AccountTombstone:

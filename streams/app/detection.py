@@ -76,20 +76,6 @@ class Detected:
     error: int = 0
 
 
-def _account(wire: dict[str, Any] | None) -> AccountRecord | None:
-    if wire is None:
-        return None
-    return AccountRecord(
-        account_id=wire["account_id"],
-        org_id=wire["org_id"],
-        org_name=wire["org_name"],
-        sector=wire["sector"],
-        acting_for=wire["acting_for"],
-        country=wire["country"],
-        approved_uses=tuple(wire["approved_uses"]),
-    )
-
-
 class DetectStage:
     """Runs the account-scoped and org-scoped rules on routed items."""
 
@@ -113,7 +99,8 @@ class DetectStage:
                 if not isinstance(ev, RequestEvent):
                     raise ValueError(f"routed event failed validation: {ev}")
                 wm = max(wm, ev.ts_ms)
-                obs = self.detectors[item["s"]].observe(EnrichedEvent(ev, _account(item["a"])))
+                account = AccountRecord.from_wire(item["a"]) if item["a"] is not None else None
+                obs = self.detectors[item["s"]].observe(EnrichedEvent(ev, account))
             except Exception as exc:  # a deterministic bug: dead-letter, count, go on
                 out.error += item.get("c", 1)
                 out.dead_letters.append(

@@ -9,7 +9,6 @@ import sys
 import orjson
 
 from streams.core.rules import RulesError, RuleSet, load_rules
-from streams.core.windows import parse_duration_ms
 
 
 def _window_text(ms: int) -> str:
@@ -69,6 +68,3 @@ def run_rules(args: argparse.Namespace) -> int:
             f"{fires[r.id]:40}  {r.title}"
         )
     return 0
-
-
-__all__ = ["parse_duration_ms", "run_rules"]

@@ -320,3 +320,10 @@ def test_accounts_are_independent() -> None:
     assert len(d) == 5
     records = [d.get(f"acct-{i}") for i in range(5)]
     assert {r.org_id for r in records if r is not None} == {"org-shared"}
+
+
+def test_wire_snapshot_round_trips() -> None:
+    rec = accepted(FULL)
+    again = AccountRecord.from_wire(rec.to_wire())
+    assert again.to_wire() == rec.to_wire()
+    assert again.approved_uses == rec.approved_uses
