@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,10 +168,12 @@ def decode_account_message(
 class AccountDirectory:
     """The latest known state of every account; removed accounts are forgotten."""
 
-    __slots__ = ("_accounts",)
+    __slots__ = ("_accounts", "get")
 
     def __init__(self) -> None:
         self._accounts: dict[str, AccountRecord] = {}
+        # the dict's own lookup (it is never replaced): one C call on the hot path
+        self.get: Callable[[str], AccountRecord | None] = self._accounts.get
 
     def apply(self, update: AccountRecord | AccountTombstone) -> None:
         """Apply one valid record or tombstone: the latest applied wins."""
@@ -178,10 +181,6 @@ class AccountDirectory:
             self._accounts.pop(update.account_id, None)
         else:
             self._accounts[update.account_id] = update
-
-    def get(self, account_id: str) -> AccountRecord | None:
-        """The account's record, or None when it is unknown."""
-        return self._accounts.get(account_id)
 
     def __len__(self) -> int:
         return len(self._accounts)

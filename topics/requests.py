@@ -243,132 +243,119 @@ def _validate(rec: dict[str, Any]) -> RequestEvent:
     )
 
 
-def _opt_str_ok(v: object) -> bool:
-    return v is None or type(v) is str
+_NONE_OR_STR = frozenset({type(None), str})
+_NUMBER = frozenset({int, float})
 
 
-def _two_strings(obj: object, a: str, b: str) -> tuple[str | None, str | None] | None:
-    """Fields a and b of an object when each is a string or absent; None otherwise."""
-    if type(obj) is not dict:
-        return None
-    va, vb = obj.get(a), obj.get(b)
-    if _opt_str_ok(va) and _opt_str_ok(vb):
-        return va, vb
-    return None
+def accepted_ts(rec: dict[str, Any]) -> int:
+    """The event time (epoch ms) of a record whose every field is valid; -1 for any other.
 
-
-def _accept(rec: dict[str, Any]) -> RequestEvent | None:
-    """The event when every field is valid, else None; `_validate` then names the problem.
-
-    Most records are valid, so acceptance is checked inline (no per-field calls) and the
-    detailed, slower diagnosis runs only for the rest.
+    Most records are valid, so acceptance is checked inline (no per-field calls, nothing
+    built); `_validate` names the problem of the rest, and `build_event` builds the event of
+    a record that is needed as one (the live router builds only the few that a rule gates in).
     """
     get = rec.get
-    event_id, ts, account_id, operation = (
-        get("event_id"),
-        get("ts"),
-        get("account_id"),
-        get("operation"),
-    )
+    event_id = get("event_id")
+    account_id = get("account_id")
+    operation = get("operation")
     if (
         type(event_id) is not str
-        or not 0 < len(event_id) <= 128
         or type(account_id) is not str
-        or not account_id
         or type(operation) is not str
+        or not event_id
+        or len(event_id) > 128
+        or not account_id
         or not operation
     ):
-        return None
-    if type(ts) is int:
-        if not 0 <= ts <= MAX_TS_MS:
-            return None
-    elif type(ts) is str:
+        return -1
+    ts = get("ts")
+    if type(ts) is str:
         try:
             ts = parse_rfc3339_ms(ts)
         except TimestampError:
-            return None
-        if not 0 <= ts <= MAX_TS_MS:
-            return None
-    else:
-        return None
-    api_key_id, model, region, client_ip = (
-        get("api_key_id"),
-        get("model"),
-        get("region"),
-        get("client_ip"),
-    )
-    if not (
-        (api_key_id is None or type(api_key_id) is str)
-        and (model is None or type(model) is str)
-        and (region is None or type(region) is str)
-        and (client_ip is None or type(client_ip) is str)
+            return -1
+    elif type(ts) is not int:
+        return -1
+    if not 0 <= ts <= MAX_TS_MS:
+        return -1
+    if (
+        type(get("api_key_id")) not in _NONE_OR_STR
+        or type(get("model")) not in _NONE_OR_STR
+        or type(get("region")) not in _NONE_OR_STR
+        or type(get("client_ip")) not in _NONE_OR_STR
     ):
-        return None
-    image_count = get("image_count")
-    if image_count is None:
-        image_count = 0
-    elif type(image_count) is not int or image_count < 0:
-        return None
-    faces = get("faces_detected")
-    if faces is not None and (type(faces) is not int or faces < 0):
-        return None
-    subjects: tuple[str, ...] = ()
+        return -1
+    n = get("image_count")
+    if n is not None and (type(n) is not int or n < 0):
+        return -1
+    n = get("faces_detected")
+    if n is not None and (type(n) is not int or n < 0):
+        return -1
+    i = get("intent")
+    if i is not None:
+        if type(i) is not dict or type(i.get("label")) not in _NONE_OR_STR:
+            return -1
+        score = i.get("score")
+        if score is not None and (type(score) not in _NUMBER or not 0 <= score <= 1):
+            return -1
     sv = get("subject_ids")
     if sv is not None:
         if type(sv) is not list:
-            return None
-        subjects = tuple(sv)
-        for x in subjects:
+            return -1
+        for x in sv:
             if type(x) is not str:
-                return None
-    gallery = capture = intent = None
-    g = get("gallery")
-    if g is not None:
-        pair = _two_strings(g, "id", "kind")
-        if pair is None:
-            return None
-        gallery = Gallery(*pair)
-    c = get("capture")
-    if c is not None:
-        pair = _two_strings(c, "device", "setting")
-        if pair is None:
-            return None
-        capture = Capture(*pair)
-    i = get("intent")
-    if i is not None:
-        if type(i) is not dict:
-            return None
-        score = i.get("score")
-        if score is not None and (type(score) not in (int, float) or not 0 <= score <= 1):
-            return None
-        intent = Intent(i.get("label"), score)
-        if not _opt_str_ok(intent.label):
-            return None
-    return RequestEvent(
-        event_id,
-        ts,
-        account_id,
-        operation,
-        api_key_id,
-        model,
-        region,
-        client_ip,
-        image_count,
-        faces,
-        subjects,
-        gallery,
-        capture,
-        intent,
+                return -1
+    for name, a, b in _PAIRS:
+        o = get(name)
+        if o is not None and (
+            type(o) is not dict
+            or type(o.get(a)) not in _NONE_OR_STR
+            or type(o.get(b)) not in _NONE_OR_STR
+        ):
+            return -1
+    return ts  # type: ignore[no-any-return]
+
+
+_PAIRS = (("gallery", "id", "kind"), ("capture", "device", "setting"))
+
+
+def build_event(rec: dict[str, Any], ts_ms: int) -> RequestEvent:
+    """The event of a record that `accepted_ts` accepted (with the time it returned)."""
+    get = rec.get
+    g, c, i, sv = get("gallery"), get("capture"), get("intent"), get("subject_ids")
+    # tuple.__new__ skips the generated __new__ (argument binding, defaults): the fields are
+    # all given, in order, and already valid
+    return _new(
+        RequestEvent,
+        (
+            rec["event_id"],
+            ts_ms,
+            rec["account_id"],
+            rec["operation"],
+            get("api_key_id"),
+            get("model"),
+            get("region"),
+            get("client_ip"),
+            get("image_count") or 0,
+            get("faces_detected"),
+            tuple(sv) if sv else (),
+            None if g is None else _new(Gallery, (g.get("id"), g.get("kind"))),
+            None if c is None else _new(Capture, (c.get("device"), c.get("setting"))),
+            None if i is None else _new(Intent, (i.get("label"), i.get("score"))),
+        ),
     )
+
+
+_new = tuple.__new__
 
 
 def parse_request_record(rec: object) -> RequestEvent | Rejection:
     """Validate one decoded record (SPEC 2.1): the event, or why it is malformed."""
     if type(rec) is not dict:
         return Rejection(NOT_OBJECT, None, f"record must be a JSON object, got {_type_name(rec)}")
-    event = _accept(rec)
-    if event is not None:
-        return event
+    ts_ms = accepted_ts(rec)
+    if ts_ms >= 0:
+        return build_event(rec, ts_ms)
     try:
         return _validate(rec)
     except _Invalid as exc:
@@ -380,30 +367,47 @@ def is_batch(obj: dict[str, Any]) -> bool:
     return "records" in obj and "event_id" not in obj
 
 
-def decode_request_message(data: bytes | str) -> list[RequestEvent | RejectedRecord]:
-    """Every record of one `api.requests` message (or archive line), validated on its own."""
+def request_records(data: bytes | str) -> tuple[list[Any], bool] | RejectedRecord:
+    """The records of one message (its batch entries, or itself) and whether it was a batch.
+
+    A message that holds no record at all (not JSON, a batch whose `records` is not an
+    array) is one malformed record.
+    """
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        return [RejectedRecord(Rejection(NOT_JSON, None, f"not JSON: {exc}"), raw_text(data))]
+        return RejectedRecord(Rejection(NOT_JSON, None, f"not JSON: {exc}"), raw_text(data))
     if type(obj) is dict and is_batch(obj):
         records = obj["records"]
         if type(records) is not list:
             rej = Rejection(WRONG_TYPE, "records", "records must be an array of request events")
-            return [RejectedRecord(rej, raw_text(data))]
-        out: list[RequestEvent | RejectedRecord] = []
-        for rec in records:
-            r = parse_request_record(rec)
-            if isinstance(r, Rejection):
-                # a nested batch has no event_id, so it is rejected as missing_field
-                out.append(RejectedRecord(r, _record_text(rec, data)))
-            else:
-                out.append(r)
-        return out
-    r = parse_request_record(obj)
-    if isinstance(r, Rejection):
-        return [RejectedRecord(r, raw_text(data))]
-    return [r]
+            return RejectedRecord(rej, raw_text(data))
+        return records, True
+    return [obj], False
+
+
+def rejected_record(
+    rejection: Rejection, rec: object, message: bytes | str, batched: bool
+) -> RejectedRecord:
+    """A malformed record with its text as sent: its batch entry, or the whole message."""
+    return RejectedRecord(rejection, _record_text(rec, message) if batched else raw_text(message))
+
+
+def decode_request_message(data: bytes | str) -> list[RequestEvent | RejectedRecord]:
+    """Every record of one `api.requests` message (or archive line), validated on its own."""
+    found = request_records(data)
+    if type(found) is RejectedRecord:
+        return [found]
+    records, batched = found  # type: ignore[misc]
+    out: list[RequestEvent | RejectedRecord] = []
+    for rec in records:
+        r = parse_request_record(rec)
+        if type(r) is Rejection:
+            # a nested batch has no event_id, so it is rejected as missing_field
+            out.append(rejected_record(r, rec, data, batched))
+        else:
+            out.append(r)  # type: ignore[arg-type]
+    return out
 
 
 def _record_text(rec: object, message: bytes | str) -> str:

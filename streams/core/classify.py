@@ -11,7 +11,7 @@ ENROLL = "enroll"
 NONE = "none"
 FR_KINDS = (IDENTIFY, VERIFY, ENROLL, NONE)
 
-_OPERATION_KIND = {
+OPERATION_KIND = {
     "face.identify": IDENTIFY,
     "face.find_similar": IDENTIFY,
     "face.verify": VERIFY,
@@ -20,24 +20,31 @@ _OPERATION_KIND = {
 }
 LLM_OPERATIONS = frozenset({"chat.completions", "responses", "vision.analyze"})
 _INTENT_KIND = {"identify_person": IDENTIFY, "verify_identity": VERIFY}
+IDENTITY_INTENTS = frozenset(_INTENT_KIND)  # the only labels whose intent gives a kind
 INTENT_THRESHOLD = 0.8
 LAW_ENFORCEMENT = "law_enforcement"
 
 
 def fr_kind(event: RequestEvent) -> str:
     """What kind of facial recognition, if any, the request performs."""
-    kind = _OPERATION_KIND.get(event.operation)
+    kind = OPERATION_KIND.get(event.operation)
     if kind is not None:
         return kind
     intent = event.intent
+    if intent is None:
+        return NONE
+    return intent_kind(event.operation, event.image_count, intent.label, intent.score)
+
+
+def intent_kind(operation: str, image_count: int, label: str | None, score: float | None) -> str:
+    """fr_kind of a request whose operation is not a Face API one, from its intent."""
     if (
-        intent is not None
-        and event.image_count >= 1
-        and event.operation in LLM_OPERATIONS
-        and intent.score is not None
-        and intent.score >= INTENT_THRESHOLD
+        image_count >= 1
+        and operation in LLM_OPERATIONS
+        and score is not None
+        and score >= INTENT_THRESHOLD
     ):
-        return _INTENT_KIND.get(intent.label or "", NONE)
+        return _INTENT_KIND.get(label or "", NONE)
     return NONE
 
 

@@ -94,19 +94,26 @@ class RuleIndex:
 
     def __init__(self, rules: tuple[Rule, ...]) -> None:
         self.rules = rules
-        self._cache: dict[tuple[str, str], tuple[Rule, ...]] = {}
+        self._cache: dict[tuple[str, str, str | None], tuple[Rule, ...]] = {}
 
     def candidates(self, ee: EnrichedEvent) -> tuple[Rule, ...]:
-        """The rules whose fr_kind and operation gates admit this event, in rule order."""
-        key = (ee.fr_kind, ee.event.operation)
+        """The rules whose gates admit this event, in rule order."""
+        intent = ee.event.intent
+        return self.admitting(
+            ee.fr_kind, ee.event.operation, intent.label if intent is not None else None
+        )
+
+    def admitting(self, kind: str, operation: str, label: str | None) -> tuple[Rule, ...]:
+        """The rules whose fr_kind, operation and intent.label gates admit these values."""
+        key = (kind, operation, label)
         found = self._cache.get(key)
         if found is None:
-            kind, op = key
             found = tuple(
                 r
                 for r in self.rules
                 if (r.kinds is None or kind in r.kinds)
-                and (r.operations is None or op in r.operations)
+                and (r.operations is None or operation in r.operations)
+                and (r.intent_labels is None or label in r.intent_labels)
             )
             if len(self._cache) < 4096:  # operation names are open-ended: bound the cache
                 self._cache[key] = found

@@ -96,9 +96,10 @@ class Rule:
     requires: tuple[Requirement, ...]
     source: Mapping[str, Any]  # the rule as written, for `rules show`
     # necessary conditions read off the match condition, to skip rules cheaply: the rule can
-    # only match events whose fr_kind / operation is in these sets (None: any)
+    # only match events whose fr_kind / operation / intent label is in these sets (None: any)
     kinds: frozenset[str] | None = None
     operations: frozenset[str] | None = None
+    intent_labels: frozenset[str | None] | None = None
 
     @property
     def distinct_requirement(self) -> Requirement | None:
@@ -184,10 +185,14 @@ def _values_of(
     return None
 
 
+# fields whose necessary values gate a rule (streams.core.engine.RuleIndex)
+GATE_FIELDS = ("fr_kind", "operation", "intent.label")
+
+
 def necessary_sets(
     node: object, lists: Mapping[str, tuple[Any, ...]], named_raw: Mapping[str, Any], depth: int = 0
 ) -> dict[str, frozenset[Any]]:
-    """Per field (fr_kind, operation), the values a matching event must have.
+    """Per gate field (fr_kind, operation, intent.label), the values a matching event must have.
 
     Only conjunctions (all, ref) are read; anything else gives no constraint, so the result
     is always implied by the condition. Called after the condition compiled, so it is valid.
@@ -206,7 +211,7 @@ def necessary_sets(
     values = _values_of(node, lists)
     if values is None:
         return {}
-    if field in ("fr_kind", "operation"):
+    if field in GATE_FIELDS:
         return {field: values}
     if field == "fr_use" and values == frozenset([True]):
         return {"fr_kind": frozenset(["identify", "verify"])}
@@ -274,6 +279,7 @@ def _rule(
         source=node,
         kinds=gates.get("fr_kind"),
         operations=gates.get("operation"),
+        intent_labels=gates.get("intent.label"),
     )
 
 

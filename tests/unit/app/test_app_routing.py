@@ -7,6 +7,7 @@ future_timestamp, internal_error), 3 (enrichment), 7 (what each record is counte
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ import pytest
 
 from streams.app.routing import FUTURE_TOLERANCE_MS, Routed, Router, destination
 from streams.core.classify import EnrichedEvent
+from streams.core.engine import group_key
 from streams.core.rules import RuleSet, load_rules
 from streams.synthetic import DEFAULT_START_MS, demo_traffic, sample_directory
 from topics.accounts import AccountDirectory, AccountRecord
@@ -26,6 +28,7 @@ from topics.dlq import (
     OUT_OF_RANGE,
     WRONG_TYPE,
 )
+from topics.requests import RequestEvent, parse_request_record
 
 TOPIC = "api.requests"
 PARTITIONS = 8
@@ -403,3 +406,71 @@ def test_exception_in_routing_is_an_internal_error_and_the_next_record_goes_on(
     nxt = route(r, dict(ev, event_id="fine-2"))
     assert nxt.error == 0 and nxt.dead_letters == []
     assert "fine-2" in {i["e"]["event_id"] for i in items(nxt)}
+
+
+# --- the gates skip only records that no rule can match -------------------------------------
+
+_OPERATIONS = [
+    "face.identify",
+    "face.find_similar",
+    "face.verify",
+    "person_group.add_face",
+    "face_list.add_face",
+    "face.detect",
+    "chat.completions",
+    "responses",
+    "vision.analyze",
+    "embeddings",
+]
+_SAMPLE_ACCOUNT_IDS = sorted(directory()._accounts)
+
+
+def _gate_cases() -> list[dict[str, Any]]:
+    """Every combination of what the gates and the kind read, with and without context."""
+    cases = []
+    labels = [None, "identify_person", "verify_identity", "describe_scene", "none"]
+    for account_id, operation, label, score, images, context in itertools.product(
+        [*_SAMPLE_ACCOUNT_IDS, "acct-unknown"],
+        [*_OPERATIONS, "other.op"],
+        [*labels, "no-intent"],
+        [None, 0.5, 0.8, 1],
+        [0, 1],
+        [False, True],
+    ):
+        rec = event(f"g-{len(cases)}", account_id, operation, image_count=images)
+        if label != "no-intent":
+            rec["intent"] = {"label": label, "score": score}
+        if context:
+            rec["capture"] = {"device": "body_camera", "setting": "in_the_wild"}
+            rec["gallery"] = {"id": "pg-1", "kind": "suspects"}
+            rec["subject_ids"] = ["s-1"]
+        cases.append(rec)
+    return cases
+
+
+def test_router_forwards_exactly_what_an_ungated_evaluation_matches() -> None:
+    """Gates (fr_kind, operation, intent.label) and the kind read off the raw record skip
+    exactly the records for which no rule matches, evaluating every rule the slow way."""
+    records = _gate_cases()
+    out = route(router(), {"records": records})
+    got = sorted(
+        (part, i["s"], i["e"]["event_id"]) for part in out.forwards for i in out.forwards[part]
+    )
+    want = []
+    accounts = directory()
+    for rec in records:
+        ev = parse_request_record(rec)
+        assert isinstance(ev, RequestEvent)
+        ee = EnrichedEvent(ev, accounts.get(rec["account_id"]))
+        for scope, tag in (("account_id", "a"), ("org_id", "o")):
+            keys = {
+                gk
+                for rule in RULES.rules
+                if rule.group_by == scope and rule.match(ee) and (gk := group_key(rule, ee))
+            }
+            want += [(destination(gk, PARTITIONS), tag, ev.event_id) for gk in keys]
+    assert got == sorted(want)
+    forwarded = {e for _, _, e in got}
+    assert out.processed == len(records) - len(forwarded)
+    # every rule's ways of matching are among the cases
+    assert len(forwarded) > 1000

@@ -455,3 +455,6 @@ def test_rule_gates_never_skip_a_rule_that_matches() -> None:
             checked += bool(full)
     assert checked > 50
     assert {r.id for r in rules if r.kinds is not None} >= {"FR-001", "FR-004", "FR-006"}
+    # FR-005 (LLM vision) has no fr_kind gate, but its intent labels gate it
+    fr005 = next(r for r in rules if r.id == "FR-005")
+    assert fr005.intent_labels == {"identify_person", "verify_identity"}
