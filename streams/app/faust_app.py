@@ -23,6 +23,7 @@ from streams import __version__
 from streams.app.account_feed import AccountFeed
 from streams.app.codecs import RawBytes
 from streams.app.detection import DetectStage
+from streams.app.fastpath import FrwatchApp
 from streams.app.metrics import FAUST_PREFIX, DetectorMetrics
 from streams.app.publisher import AlertPublisher
 from streams.app.routing import Routed, Router
@@ -57,7 +58,7 @@ def now_ms() -> int:
 
 def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
     """Wire the application; nothing connects until a Worker starts it."""
-    app = faust.App(
+    app = FrwatchApp(
         settings.app_id,
         broker=settings.faust_broker,
         store=settings.store,

@@ -1,0 +1,167 @@
+"""frwatch's Kafka consumer for Faust: never lose fetched records, and a leaner per-message path.
+
+Two changes to faust-streaming 0.15's aiokafka consumer (docs/operations.md, "Faust consumer
+changes"), registered through `FrwatchApp`:
+
+1. After a rebalance, partitions without a committed offset restart from their beginning.
+   While a rebalance's table recovery runs, the fetcher keeps going: records of stream
+   partitions are fetched and then dropped (Faust's `getmany` drops records of partitions
+   that are not active; aiokafka reads the empty active set that recovery leaves as "every
+   partition") or delivered and then cleared with the stream buffers when the flow resumes.
+   Faust counts on its final seek to the committed offsets to read them again, but aiokafka
+   seeks only partitions whose committed offset is above 0: on the others, the position had
+   moved past records that were never processed. The worker looked stalled and alerts were
+   missing until it was restarted. The fast path below made this race likelier.
+2. The drain loop's `wait_first(callback(message), suspend_flow.wait())` (four tasks and an
+   `asyncio.wait` per message) first runs the callback one step synchronously; only a
+   callback that really has to wait becomes a task, with Faust's semantics from then on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc
+import contextvars
+from collections.abc import Generator, Mapping
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from mode.services import WaitResults
+
+
+class _Resume(collections.abc.Coroutine[Any, Any, Any]):
+    """The rest of a coroutine whose first step already ran and yielded `pending`.
+
+    Given to `create_task` as the task's coroutine: the task's first step receives
+    `pending` (the future the coroutine is waiting on), every later step and every
+    exception, cancellation included, goes into the original coroutine. A task cancelled
+    before it ever ran therefore cancels the coroutine at its await, exactly as if it had
+    been a task from the start: a lock waiter is withdrawn, `finally` blocks run.
+    """
+
+    __slots__ = ("coro", "pending", "started")
+
+    def __init__(self, coro: collections.abc.Coroutine[Any, Any, Any], pending: Any) -> None:
+        self.coro = coro
+        self.pending = pending
+        self.started = False
+
+    def send(self, value: Any) -> Any:
+        """The first step hands over `pending`; later ones go to the coroutine."""
+        if not self.started:
+            self.started = True
+            return self.pending
+        return self.coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        """Raise inside the coroutine, where it waits (the task's cancellation included)."""
+        self.started = True
+        if val is None and tb is None:
+            return self.coro.throw(typ)
+        return self.coro.throw(typ, val, tb)  # pragma: no cover - legacy signature
+
+    def close(self) -> None:
+        """Close the coroutine (only when it is garbage: a task always runs to the end)."""
+        self.coro.close()
+
+    def __await__(self) -> Generator[Any, Any, Any]:  # pragma: no cover - tasks only
+        raise TypeError("_Resume is only meant to be the coroutine of a task")
+
+
+def _is_wait_of(coro: object, event: asyncio.Event) -> bool:
+    """Whether `coro` is a not yet started `event.wait()` (the drain loop's second argument)."""
+    frame = getattr(coro, "cr_frame", None)
+    return (
+        frame is not None
+        and getattr(coro, "cr_code", None) is asyncio.Event.wait.__code__
+        and frame.f_locals.get("self") is event
+    )
+
+
+async def _seek_to_beginning(consumer: Any, partitions: list[Any]) -> None:
+    """In the consumer thread: seek partitions to their first offset (aiokafka's API)."""
+    await consumer.seek_to_beginning(*partitions)
+
+
+class FastPathConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
+    """Faust's aiokafka consumer with the two changes described in the module docstring."""
+
+    #: drain-loop deliveries that completed synchronously / that had to become a task
+    fast_deliveries = 0
+    slow_deliveries = 0
+    #: partitions sought to their beginning because they had no committed offset
+    uncommitted_seeks = 0
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Faust's seek to the committed offsets, plus the partitions that have none.
+
+        aiokafka's `seek_to_committed` seeks only partitions whose committed offset is
+        above 0. After a rebalance Faust clears the stream buffers and relies on this seek
+        to fetch the cleared records again; on a partition without a committed offset they
+        were skipped instead. Such a partition starts again where a new consumer would: at
+        its beginning (`consumer_auto_offset_reset="earliest"`, which frwatch sets).
+        Changelog partitions are left to table recovery, which positions them itself.
+        """
+        # Faust's annotation says int, but partitions without a committed offset map to None
+        committed: Mapping[TP, int] = await super().seek_to_committed()
+        uncommitted = [
+            tp for tp, offset in committed.items() if not offset and not self._is_changelog_tp(tp)
+        ]
+        if uncommitted and self.app.conf.consumer_auto_offset_reset == "earliest":
+            self.uncommitted_seeks += len(uncommitted)
+            thread = self._thread
+            await thread.call_thread(_seek_to_beginning, thread._ensure_consumer(), uncommitted)
+        return committed
+
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
+        """Faust's `wait_first`, with a synchronous first step for the drain loop's callback.
+
+        Only the drain loop's call, `wait_first(callback(message), suspend_flow.wait())`
+        while the flow is not suspended, takes the fast path. The callback runs one step in
+        a copy of the current context, as a task would. If it finishes, that is the result
+        (an exception propagates, as from Faust's `wait_first`). If it has to wait (a full
+        stream buffer, suspended flow control, a full producer buffer, the conductor lock),
+        the rest of it becomes a task that Faust's `wait_first` races against `suspend_flow`
+        as before, so a rebalance still interrupts a blocked delivery.
+        """
+        if (
+            len(coros) == 2
+            and timeout is None
+            and not self.suspend_flow.is_set()
+            and isinstance(coros[0], collections.abc.Coroutine)
+            and _is_wait_of(coros[1], self.suspend_flow)
+        ):
+            callback, suspend_wait = coros
+            context = contextvars.copy_context()
+            try:
+                pending = context.run(callback.send, None)
+            except StopIteration as done:
+                suspend_wait.close()
+                FastPathConsumer.fast_deliveries += 1
+                if self._stopped.is_set() or self._crashed.is_set():
+                    return WaitResults([], [], True)
+                return WaitResults([callback], [done.value], False)
+            except BaseException:
+                suspend_wait.close()
+                raise
+            FastPathConsumer.slow_deliveries += 1
+            task = asyncio.get_running_loop().create_task(
+                _Resume(callback, pending), context=context
+            )
+            return await super().wait_first(task, suspend_wait)  # type: ignore[no-any-return]
+        return await super().wait_first(*coros, timeout=timeout)  # type: ignore[no-any-return]
+
+
+class FastPathTransport(faust_aiokafka.Transport):  # type: ignore[misc]
+    """The aiokafka transport with FastPathConsumer."""
+
+    Consumer = FastPathConsumer
+
+
+class FrwatchApp(faust.App):  # type: ignore[misc]
+    """faust.App whose consumer transport is FastPathTransport (producers are unchanged)."""
+
+    def _new_transport(self) -> Any:
+        return FastPathTransport(self.conf.broker_consumer, self)
