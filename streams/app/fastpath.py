@@ -1,20 +1,19 @@
 """frwatch's Kafka consumer for Faust: never lose fetched records, and a leaner per-message path.
 
-Two changes to faust-streaming 0.15's aiokafka consumer (docs/operations.md, "Faust consumer
-changes"), registered through `FrwatchApp`:
+Changes to faust-streaming 0.15's aiokafka consumer, registered through `FrwatchApp`; the
+evidence behind each is in docs/operations.md, "Faust consumer changes":
 
-1. After a rebalance, partitions without a committed offset restart from their beginning.
-   While a rebalance's table recovery runs, the fetcher keeps going: records of stream
-   partitions are fetched and then dropped (Faust's `getmany` drops records of partitions
-   that are not active; aiokafka reads the empty active set that recovery leaves as "every
-   partition") or delivered and then cleared with the stream buffers when the flow resumes.
-   Faust counts on its final seek to the committed offsets to read them again, but aiokafka
-   seeks only partitions whose committed offset is above 0: on the others, the position had
-   moved past records that were never processed. The worker looked stalled and alerts were
-   missing until it was restarted. The fast path below made this race likelier.
-2. The drain loop's `wait_first(callback(message), suspend_flow.wait())` (four tasks and an
+1. After a rebalance, partitions without a committed offset restart from their beginning
+   (aiokafka's seek to committed offsets skips them, and records fetched during table
+   recovery had moved their position past records never processed).
+2. The flow stops before the rebalance's final seek, so nothing is fetched between that seek
+   and the clearing of the stream buffers that comes with resuming the flow.
+3. Read offsets are forgotten when the flow resumes, so records sought back to are not
+   dropped as already read.
+4. The drain loop's `wait_first(callback(message), suspend_flow.wait())` (four tasks and an
    `asyncio.wait` per message) first runs the callback one step synchronously; only a
    callback that really has to wait becomes a task, with Faust's semantics from then on.
+   Buffer pressure no longer pauses fetching (Faust's fetcher then slept a second).
 """
 
 from __future__ import annotations
@@ -93,6 +92,45 @@ class FastPathConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
     slow_deliveries = 0
     #: partitions sought to their beginning because they had no committed offset
     uncommitted_seeks = 0
+
+    def on_buffer_full(self, tp: TP) -> None:
+        """Keep fetching a partition whose stream buffer is under pressure.
+
+        Faust stops fetching such a partition until its buffer drains, and when every
+        partition is stopped its fetcher sleeps a whole second. With deliveries this fast,
+        the buffer of a busy agent reaches that pressure all the time and the worker spent
+        its time asleep. The buffer stays bounded without it: a delivery into a full buffer
+        waits (a task raced against `suspend_flow`, as in Faust) until the agent takes an
+        event.
+        """
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        """Nothing to undo: no partition was stopped (see `on_buffer_full`)."""
+
+    async def perform_seek(self) -> None:
+        """Stop the flow, then Faust's seek to the committed offsets (the rebalance's last).
+
+        Faust seeks after a rebalance and clears the stream buffers only later, when it
+        resumes the flow (`flow_control.resume()` right before `resume_flow()`). If the flow
+        was already running (no table to recover), records fetched after the seek and
+        delivered before the clear were lost: the clear dropped them and the position was
+        already past them. With the flow stopped here, nothing is fetched or delivered
+        between the seek and the resumption; whatever was delivered before is cleared and
+        fetched again from the sought position.
+        """
+        self.stop_flow()
+        await super().perform_seek()
+
+    def resume_flow(self) -> None:
+        """Forget the read offsets, then let the flow go on.
+
+        Faust's drain loop drops every record below a partition's last *read* offset. After
+        a seek back (a rebalance), records that were read but cleared from the buffers come
+        again and must not be dropped; normal fetching never goes backwards, so forgetting
+        the read offsets whenever the flow resumes costs nothing.
+        """
+        self._read_offset.clear()
+        super().resume_flow()
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         """Faust's seek to the committed offsets, plus the partitions that have none.

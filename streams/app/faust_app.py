@@ -75,6 +75,7 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
         key_serializer="json",
         value_serializer="json",
         table_cleanup_interval=3600.0,
+        consumer_max_fetch_size=8 << 20,
     )
     registry = CollectorRegistry()
     install_metrics_endpoint(app, registry, FAUST_PREFIX)
@@ -212,17 +213,6 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
         stage.forget_partitions()
 
     app.on_partitions_assigned.connect(reindex_windows)  # type: ignore[arg-type]
-
-    async def forget_read_offsets(app: Any, *args: Any, **kwargs: Any) -> None:
-        # Workaround for a Faust 0.15 rebalance bug (docs/operations.md, Known issues): the
-        # drain loop silently drops every message below the partition's last *read* offset.
-        # A rebalance clears the stream buffers and seeks back to the committed offsets, but
-        # only partitions that have a committed offset get their read offset reset; on the
-        # others the re-fetched, never processed messages were dropped. Sent just before the
-        # seek to committed offsets, this makes every assigned partition start afresh.
-        app.consumer._read_offset.clear()
-
-    app.on_rebalance_complete.connect(forget_read_offsets)  # type: ignore[arg-type]
 
     @app.agent(accounts_topic, name="account-audit")
     async def account_audit(stream: Any) -> None:

@@ -231,3 +231,38 @@ def test_with_another_reset_policy_nothing_more_is_sought() -> None:
         assert thread.sought_to_beginning == []
 
     run(test, consumer_auto_offset_reset="latest")
+
+
+def test_the_flow_is_stopped_before_the_final_seek_and_stays_stopped() -> None:
+    """Nothing may be fetched or delivered between the seek and the buffers' clearing."""
+
+    async def test(consumer: FastPathConsumer) -> None:
+        seen: list[tuple[bool, bool]] = []
+
+        async def seek_to_committed() -> dict[TP, int]:
+            seen.append((consumer.flow_active, consumer.suspend_flow.is_set()))
+            return {}
+
+        consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+        consumer.resume_flow()
+        assert consumer.flow_active
+        await consumer.perform_seek()
+        assert seen == [(False, True)]
+        # only the rebalance's resumption (after Faust cleared the buffers) lets it go on
+        assert not consumer.flow_active and not consumer.can_resume_flow.is_set()
+
+    run(test)
+
+
+def test_resuming_the_flow_forgets_the_read_offsets() -> None:
+    """Records read before a rebalance come again after its seek: they must not be dropped."""
+
+    async def test(consumer: FastPathConsumer) -> None:
+        consumer._read_offset[REQ[0]] = 41
+        consumer._read_offset[REQ[1]] = 7
+        consumer.stop_flow()
+        consumer.resume_flow()
+        assert len(consumer._read_offset) == 0
+        assert consumer.flow_active and not consumer.suspend_flow.is_set()
+
+    run(test)
