@@ -187,6 +187,22 @@ async def _latency(s: Settings, rate: float, seconds: float, batch: int, say: Sa
     return latencies
 
 
+def _rate(samples: list[tuple[float, float]], total: int) -> float:
+    """Records/s between the first and the last count seen while the worker was running.
+
+    Both ends are counts read at known times, so neither the moment the first record was
+    processed nor when the last one was (both between two polls) biases the rate; a run too
+    short for two such polls falls back to the whole span.
+    """
+    running = [(t, n) for t, n in samples if n < total]
+    if len(running) >= 2 and running[-1][1] > running[0][1]:
+        (t0, n0), (t1, n1) = running[0], running[-1]
+        return (n1 - n0) / (t1 - t0)
+    if len(samples) >= 2 and samples[-1][0] > samples[0][0]:
+        return total / (samples[-1][0] - samples[0][0])
+    return 0.0
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -243,20 +259,19 @@ def measure_live(
             stderr=subprocess.STDOUT,
         )
         try:
-            first = last = 0.0
+            samples: list[tuple[float, float]] = []  # (time, records counted) while running
             deadline = time.monotonic() + 1800
             while time.monotonic() < deadline:
                 if worker.poll() is not None:
                     raise RuntimeError(f"worker exited {worker.returncode}")
                 n = _metric(s.web_port, "frwatch_events_total")
                 now = time.perf_counter()
-                if n > 0 and not first:
-                    first = now
+                if n > 0:
+                    samples.append((now, n))
                 if n >= n_events:
-                    last = now
                     break
-                time.sleep(0.2)  # scraping /metrics costs the worker CPU: not too often
-            detector_eps = n_events / (last - first) if last > first else 0.0
+                time.sleep(0.1)  # scraping /metrics costs the worker CPU: not too often
+            detector_eps = _rate(samples, n_events)
             rss = _rss_mib(worker.pid)
             say(f"bench: latency at {detector_eps / 2:,.0f} events/s offered ...")
             lat = asyncio.run(_latency(s, detector_eps / 2, 10.0, batch, say))

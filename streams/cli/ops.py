@@ -58,7 +58,8 @@ async def create_topics(
 
 
 async def delete_topics(settings: Settings) -> None:
-    """Delete the catalog's topics (the benchmark cleans up after itself with this)."""
+    """Delete the catalog's topics and Faust's internal ones of the app id (its leader topic,
+    changelogs); the benchmark cleans up after itself with this."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers, client_id="frwatch-admin"
     )
@@ -70,6 +71,9 @@ async def delete_topics(settings: Settings) -> None:
             for t in topic_catalog(settings.topics(), settings.app_id, settings.partitions)
             if t.name in existing
         ]
+        names += sorted(
+            t for t in existing if t.startswith(f"{settings.app_id}-") and t not in names
+        )
         if names:
             await admin.delete_topics(names)
     finally:
