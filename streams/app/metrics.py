@@ -9,7 +9,7 @@ rest of the per-record work.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import (
@@ -43,6 +43,8 @@ EVENT_LAG_BUCKETS = (
     21600.0,
     86400.0,
 )
+# each bucket's (exclusive) lower and (inclusive) upper bound, +Inf included
+_LAG_BOUNDS = (float("-inf"), *EVENT_LAG_BUCKETS, float("inf"))
 # alert latency: milliseconds to seconds; the SLO line is 0.25 s, the page at 5 s
 ALERT_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -99,14 +101,18 @@ class DetectorMetrics(Collector):
         self.alerts[rule_id] = self.alerts.get(rule_id, 0) + 1
         self.alert_latency.observe(latency_s)
 
-    def observe_lags(self, lags_s: Iterable[float]) -> None:
+    def observe_lags(self, lags_s: Sequence[float]) -> None:
         """Add event lags (seconds) to the histogram."""
         counts = self._lag_counts
-        total = 0.0
+        bounds = _LAG_BOUNDS
+        # records of a message mostly share a bucket: test the last one before searching
+        low, high, index = 1.0, 0.0, 0
         for lag in lags_s:
-            counts[bisect_left(EVENT_LAG_BUCKETS, lag)] += 1
-            total += lag
-        self._lag_sum += total
+            if not low < lag <= high:
+                index = bisect_left(EVENT_LAG_BUCKETS, lag)
+                low, high = bounds[index], bounds[index + 1]
+            counts[index] += 1
+        self._lag_sum += sum(lags_s)
 
     def collect(self) -> Iterator[Metric]:
         """Families for the tallies, built at scrape time."""

@@ -92,6 +92,7 @@ class Router:
         future_limit = now_ms + FUTURE_TOLERANCE_MS
         account_of = self.directory.get
         admitting = self.index.admitting
+        gates = self.index.cached  # admitting's answers, looked up without a call
         kind_of_operation = OPERATION_KIND.get
         lags = out.lags_s
         hits = misses = processed = 0
@@ -128,7 +129,10 @@ class Router:
                         else NONE
                     )
                 account = account_of(rec["account_id"])
-                if admitting(kind, operation, label):
+                gated = gates((kind, operation, label))
+                if gated is None:
+                    gated = admitting(kind, operation, label)
+                if gated:
                     forwards = self._plan(build_event(rec, ts_ms), account, kafka_ts_ms)
                 else:
                     forwards = []

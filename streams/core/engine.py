@@ -95,6 +95,8 @@ class RuleIndex:
     def __init__(self, rules: tuple[Rule, ...]) -> None:
         self.rules = rules
         self._cache: dict[tuple[str, str, str | None], tuple[Rule, ...]] = {}
+        #: `admitting`'s answers so far, by (kind, operation, label): the hot loop's lookup
+        self.cached = self._cache.get
 
     def candidates(self, ee: EnrichedEvent) -> tuple[Rule, ...]:
         """The rules whose gates admit this event, in rule order."""

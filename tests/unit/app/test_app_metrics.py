@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -273,3 +275,19 @@ def test_no_label_value_is_a_customer_value_after_many_accounts() -> None:
     for cid in customer_ids:
         assert cid not in text
     assert "subj-" not in text and "pg-" not in text
+
+
+@given(
+    st.lists(
+        st.one_of(st.sampled_from([0.0, *EVENT_LAG_BUCKETS]), st.floats(0, 10 * 86400.0)),
+        max_size=60,
+    )
+)
+def test_event_lag_buckets_match_a_plain_count_for_any_sequence(lags: list[float]) -> None:
+    """The same-bucket shortcut never puts a lag in the wrong bucket, in any order."""
+    registry, m = fresh()
+    m.observe_lags(lags)
+    text = scrape(registry)
+    bounds = [*EVENT_LAG_BUCKETS, math.inf]
+    got = [value(text, "frwatch_event_lag_seconds_bucket", le=_le(b)) for b in bounds]
+    assert got == [sum(1 for lag in lags if lag <= b) for b in bounds]
