@@ -22,10 +22,13 @@ import asyncio
 import collections.abc
 import contextvars
 from collections.abc import Generator, Mapping
+from functools import cached_property
+from types import CoroutineType
 from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 from mode.services import WaitResults
 
@@ -168,7 +171,7 @@ class FastPathConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
             len(coros) == 2
             and timeout is None
             and not self.suspend_flow.is_set()
-            and isinstance(coros[0], collections.abc.Coroutine)
+            and type(coros[0]) is CoroutineType
             and _is_wait_of(coros[1], self.suspend_flow)
         ):
             callback, suspend_wait = coros
@@ -192,14 +195,46 @@ class FastPathConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         return await super().wait_first(*coros, timeout=timeout)  # type: ignore[no-any-return]
 
 
+class _LeanProducerBuffer(ProducerBuffer):  # type: ignore[misc]
+    """Faust's producer buffer, its size read without a settings lookup.
+
+    The conductor asks for the size before delivering every message; Faust's property looks
+    up `producer_threaded` in the app's settings each time (a slow `__getattribute__`).
+    Only used when the producer is not threaded, the branch this size is.
+    """
+
+    @property
+    def size(self) -> int:
+        """Messages waiting to be produced."""
+        return len(self.pending._queue)  # type: ignore[attr-defined]
+
+
+class FrwatchProducer(faust_aiokafka.Producer):  # type: ignore[misc]
+    """Faust's aiokafka producer with `_LeanProducerBuffer` (frwatch's producer is not threaded)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.threaded_producer is None:
+            self.buffer.__class__ = _LeanProducerBuffer
+
+
 class FastPathTransport(faust_aiokafka.Transport):  # type: ignore[misc]
-    """The aiokafka transport with FastPathConsumer."""
+    """The aiokafka transport with FastPathConsumer and FrwatchProducer."""
 
     Consumer = FastPathConsumer
+    Producer = FrwatchProducer
 
 
 class FrwatchApp(faust.App):  # type: ignore[misc]
-    """faust.App whose consumer transport is FastPathTransport (producers are unchanged)."""
+    """faust.App whose transport is FastPathTransport."""
 
     def _new_transport(self) -> Any:
         return FastPathTransport(self.conf.broker_consumer, self)
+
+    @cached_property
+    def _event_type(self) -> Any:
+        return self.conf.Event
+
+    def create_event(self, key: Any, value: Any, headers: Any, message: Any) -> Any:
+        """Faust's event for a message, without a settings lookup per message."""
+        return self._event_type(self, key, value, headers, message)

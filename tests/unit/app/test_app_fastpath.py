@@ -9,6 +9,7 @@ from typing import Any
 
 import mode
 import pytest
+from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
 from streams.app.fastpath import FastPathConsumer, FrwatchApp, _Resume
@@ -264,5 +265,28 @@ def test_resuming_the_flow_forgets_the_read_offsets() -> None:
         consumer.resume_flow()
         assert len(consumer._read_offset) == 0
         assert consumer.flow_active and not consumer.suspend_flow.is_set()
+
+    run(test)
+
+
+def test_the_producer_buffer_size_is_faust_s_without_the_settings_lookup() -> None:
+    async def test(consumer: FastPathConsumer) -> None:
+        buffer = consumer.app.producer.buffer
+        assert type(buffer).__name__ == "_LeanProducerBuffer"
+        assert buffer.size == 0
+        for n in range(3):
+            buffer.pending.put_nowait(n)
+        assert buffer.size == 3 == ProducerBuffer.size.fget(buffer)  # Faust's own property
+
+    run(test)
+
+
+def test_events_are_faust_s_event_type_for_the_message() -> None:
+    async def test(consumer: FastPathConsumer) -> None:
+        app = consumer.app
+        message = object()
+        event = app.create_event(b"k", b"v", {}, message)
+        assert type(event) is app.conf.Event
+        assert (event.key, event.value, event.message, event.app) == (b"k", b"v", message, app)
 
     run(test)
