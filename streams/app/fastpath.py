@@ -96,19 +96,37 @@ class FastPathConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
     #: partitions sought to their beginning because they had no committed offset
     uncommitted_seeks = 0
 
+    #: how long a delivery waits for a buffer under pressure to drain before going on anyway
+    drain_wait_s = 0.1
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # set while no stream buffer is under pressure
+        self._drained = asyncio.Event()
+        self._drained.set()
+
     def on_buffer_full(self, tp: TP) -> None:
-        """Keep fetching a partition whose stream buffer is under pressure.
+        """A stream buffer is under pressure: hold deliveries until it drains.
 
         Faust stops fetching such a partition until its buffer drains, and when every
-        partition is stopped its fetcher sleeps a whole second. With deliveries this fast,
-        the buffer of a busy agent reaches that pressure all the time and the worker spent
-        its time asleep. The buffer stays bounded without it: a delivery into a full buffer
-        waits (a task raced against `suspend_flow`, as in Faust) until the agent takes an
-        event.
+        partition is stopped its fetcher sleeps a whole second; with deliveries this fast a
+        busy agent's buffer is under pressure all the time, and the worker spent its time
+        asleep. Fetching goes on instead, and the next delivery waits until the agent has
+        emptied its buffer (`on_buffer_drop`), so that deliveries come in bursts that take
+        the synchronous path, rather than one by one into a full buffer.
         """
+        self._drained.clear()
 
     def on_buffer_drop(self, tp: TP) -> None:
-        """Nothing to undo: no partition was stopped (see `on_buffer_full`)."""
+        """The buffer under pressure has drained: deliveries go on."""
+        self._drained.set()
+
+    async def _wait_for_drain(self) -> None:
+        # raced against a rebalance (suspend_flow); bounded, so a missed drop costs little
+        await super().wait_first(
+            self._drained.wait(), self.suspend_flow.wait(), timeout=self.drain_wait_s
+        )
+        self._drained.set()
 
     async def perform_seek(self) -> None:
         """Stop the flow, then Faust's seek to the committed offsets (the rebalance's last).
@@ -133,6 +151,7 @@ class FastPathConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         the read offsets whenever the flow resumes costs nothing.
         """
         self._read_offset.clear()
+        self._drained.set()  # the buffers were cleared: no pressure left
         super().resume_flow()
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
@@ -167,6 +186,8 @@ class FastPathConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         the rest of it becomes a task that Faust's `wait_first` races against `suspend_flow`
         as before, so a rebalance still interrupts a blocked delivery.
         """
+        if not self._drained.is_set() and not self.suspend_flow.is_set():
+            await self._wait_for_drain()
         if (
             len(coros) == 2
             and timeout is None
