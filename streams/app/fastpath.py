@@ -13,7 +13,8 @@ evidence behind each is in docs/operations.md, "Faust consumer changes":
 4. The drain loop's `wait_first(callback(message), suspend_flow.wait())` (four tasks and an
    `asyncio.wait` per message) first runs the callback one step synchronously; only a
    callback that really has to wait becomes a task, with Faust's semantics from then on.
-   Buffer pressure no longer pauses fetching (Faust's fetcher then slept a second).
+   Buffer pressure no longer pauses fetching (Faust's fetcher then slept a second): the
+   next delivery waits for the buffer to drain instead, so deliveries come in bursts.
 """
 
 from __future__ import annotations

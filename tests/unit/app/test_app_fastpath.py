@@ -290,3 +290,78 @@ def test_events_are_faust_s_event_type_for_the_message() -> None:
         assert (event.key, event.value, event.message, event.app) == (b"k", b"v", message, app)
 
     run(test)
+
+
+# --- deliveries wait for a buffer under pressure to drain -----------------------------------
+
+
+def test_under_pressure_the_next_delivery_waits_for_the_drain() -> None:
+    async def test(consumer: FastPathConsumer) -> None:
+        delivered: list[int] = []
+
+        async def callback(n: int) -> None:
+            delivered.append(n)
+
+        consumer.drain_wait_s = 10.0
+        consumer.on_buffer_full(REQ[0])
+        waiting = asyncio.ensure_future(
+            consumer.wait_first(callback(1), consumer.suspend_flow.wait())
+        )
+        await asyncio.sleep(0.05)
+        assert delivered == [] and not waiting.done()
+        consumer.on_buffer_drop(REQ[0])
+        await asyncio.wait_for(waiting, 1.0)
+        assert delivered == [1]
+        # no pressure: no wait at all
+        await consumer.wait_first(callback(2), consumer.suspend_flow.wait())
+        assert delivered == [1, 2]
+
+    run(test)
+
+
+def test_a_missed_drain_costs_at_most_the_bounded_wait() -> None:
+    async def test(consumer: FastPathConsumer) -> None:
+        async def callback() -> str:
+            return "done"
+
+        consumer.drain_wait_s = 0.05
+        consumer.on_buffer_full(REQ[0])
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        result = await consumer.wait_first(callback(), consumer.suspend_flow.wait())
+        assert result.results == ["done"]
+        assert 0.04 <= loop.time() - started < 1.0
+        # and it does not wait again for the same pressure
+        started = loop.time()
+        await consumer.wait_first(callback(), consumer.suspend_flow.wait())
+        assert loop.time() - started < 0.04
+
+    run(test)
+
+
+def test_a_rebalance_interrupts_the_wait_and_resuming_clears_the_pressure() -> None:
+    async def test(consumer: FastPathConsumer) -> None:
+        ran: list[str] = []
+
+        async def callback() -> None:
+            ran.append("callback")
+
+        consumer.drain_wait_s = 10.0
+        consumer.on_buffer_full(REQ[0])
+        waiting = asyncio.ensure_future(
+            consumer.wait_first(callback(), consumer.suspend_flow.wait())
+        )
+        await asyncio.sleep(0.05)
+        consumer.stop_flow()  # a rebalance: suspend_flow is set
+        result = await asyncio.wait_for(waiting, 1.0)  # not the 10 s drain wait
+        # from here on it is Faust's own race of the delivery against suspend_flow
+        assert result.done and not result.stopped
+        ran.clear()
+        consumer.on_buffer_full(REQ[1])
+        consumer.resume_flow()  # the buffers were cleared: no pressure is left
+        started = asyncio.get_running_loop().time()
+        await consumer.wait_first(callback(), consumer.suspend_flow.wait())
+        assert ran == ["callback"]
+        assert asyncio.get_running_loop().time() - started < 1.0
+
+    run(test)
