@@ -266,6 +266,20 @@ def test_two_workers_share_the_work(kafka_bootstrap: str, unique_name: str, tmp_
             w.stop()
 
 
+def _wait_for_exactly(
+    want: set[str],
+    bootstrap: str,
+    env: dict[str, str],
+    seconds: float,
+    what: str,
+    workers: list[Worker],
+) -> None:
+    """Wait until every wanted alert is on the alert topic, then check there is nothing else."""
+    topic = env["FRWATCH_TOPIC_ALERTS"]
+    wait_for(lambda: set(alert_ids_on_topic(bootstrap, topic)) >= want, seconds, what, workers)
+    assert set(alert_ids_on_topic(bootstrap, topic)) == want
+
+
 def test_a_worker_joining_while_records_arrive_loses_no_alert(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
@@ -289,13 +303,9 @@ def test_a_worker_joining_while_records_arrive_loses_no_alert(
         # the fix, in 1 of 3 with the fast path)
         time.sleep(3)
         frwatch(["publish", "--batch", "20", str(events)], env)
-        wait_for(
-            lambda: set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want,
-            120,
-            "all alerts, with no worker restarted",
-            [first, second],
+        _wait_for_exactly(
+            want, kafka_bootstrap, env, 120, "all alerts, no worker restarted", [first, second]
         )
-        assert set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) == want
     finally:
         first.stop()
         if second is not None:
@@ -307,8 +317,9 @@ def test_rebalances_under_load_lose_no_alert(
 ) -> None:
     """A worker joins mid-archive, then the first one leaves: the alert set is complete.
 
-    Before the read-offset workaround in streams/app/faust_app.py, the surviving worker
-    skipped the records that a rebalance had cleared from its buffers (1 run in 3).
+    Before the consumer forgot its read offsets on resuming (streams/app/fastpath.py), the
+    surviving worker skipped the records that a rebalance had cleared from its buffers (1 run
+    in 3).
     """
     env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path, hours=12)
     expected, _ = replay_alerts(events, accounts, env)
@@ -328,13 +339,14 @@ def test_rebalances_under_load_lose_no_alert(
             lambda: joiner.records_counted() > 0, 90, "the joiner to take work", [first, second]
         )
         first.stop()  # a graceful leave: its partitions move to the second worker
-        wait_for(
-            lambda: set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want,
+        _wait_for_exactly(
+            want,
+            kafka_bootstrap,
+            env,
             150,
             "the complete alert set after the rebalances",
             [first, second],
         )
-        assert set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) == want
     finally:
         first.stop()
         if second is not None:
