@@ -386,11 +386,16 @@ def request_records(data: bytes | str) -> tuple[list[Any], bool] | RejectedRecor
     return [obj], False
 
 
+def record_text(rec: object, message: bytes | str, batched: bool) -> str:
+    """A record's text as sent (what a dead letter carries): its batch entry, or the message."""
+    return _record_text(rec, message) if batched else raw_text(message)
+
+
 def rejected_record(
     rejection: Rejection, rec: object, message: bytes | str, batched: bool
 ) -> RejectedRecord:
-    """A malformed record with its text as sent: its batch entry, or the whole message."""
-    return RejectedRecord(rejection, _record_text(rec, message) if batched else raw_text(message))
+    """A malformed record with its text as sent."""
+    return RejectedRecord(rejection, record_text(rec, message, batched))
 
 
 def decode_request_message(data: bytes | str) -> list[RequestEvent | RejectedRecord]:

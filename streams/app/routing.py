@@ -11,21 +11,18 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from streams.core.classify import IDENTITY_INTENTS, NONE, OPERATION_KIND, EnrichedEvent, intent_kind
 from streams.core.engine import RuleIndex, group_key
 from streams.core.rules import RuleSet
 from topics.accounts import AccountDirectory, AccountRecord
-from topics.dlq import FUTURE_TIMESTAMP, INTERNAL_ERROR, DeadLetter, Rejection, raw_text
+from topics.dlq import FUTURE_TIMESTAMP, INTERNAL_ERROR, DeadLetter, Rejection
 from topics.requests import (
     RejectedRecord,
     RequestEvent,
     accepted_ts,
     build_event,
-    is_batch,
     parse_request_record,
-    rejected_record,
+    record_text,
     request_records,
 )
 
@@ -96,13 +93,20 @@ class Router:
         kind_of_operation = OPERATION_KIND.get
         lags = out.lags_s
         hits = misses = processed = 0
-        for i, rec in enumerate(records):
+        for rec in records:
             ts_ms = accepted_ts(rec) if type(rec) is dict else -1
             if ts_ms < 0:
-                bad = rejected_record(parse_request_record(rec), rec, message, batched)  # type: ignore[arg-type]
+                # the detailed validator names the reason (it agrees with accepted_ts)
+                reason = parse_request_record(rec)
                 out.malformed += 1
                 out.dead_letters.append(
-                    DeadLetter(bad.rejection, bad.raw, topic, partition, offset)
+                    DeadLetter(
+                        reason,  # type: ignore[arg-type]
+                        record_text(rec, message, batched),
+                        topic,
+                        partition,
+                        offset,
+                    )
                 )
                 continue
             if ts_ms > future_limit:
@@ -112,7 +116,9 @@ class Router:
                     FUTURE_TIMESTAMP, "ts", f"ts is {ahead_s:.0f}s ahead of the wall clock"
                 )
                 out.dead_letters.append(
-                    DeadLetter(rejection, record_text(value, i), topic, partition, offset)
+                    DeadLetter(
+                        rejection, record_text(rec, message, batched), topic, partition, offset
+                    )
                 )
                 continue
             try:
@@ -140,7 +146,9 @@ class Router:
                 out.error += 1
                 rejection = Rejection(INTERNAL_ERROR, None, f"{type(exc).__name__}: {exc}")
                 out.dead_letters.append(
-                    DeadLetter(rejection, record_text(value, i), topic, partition, offset)
+                    DeadLetter(
+                        rejection, record_text(rec, message, batched), topic, partition, offset
+                    )
                 )
                 continue
             # counted only once the record's whole plan exists: a record is never half-routed
@@ -180,21 +188,6 @@ class Router:
                 }
                 forwards.append((destination(gk, self.partitions), item))
         return forwards
-
-
-def record_text(value: bytes | None, index: int) -> str:
-    """The record at `index` of a message as it was sent: the message, or its batch entry."""
-    text = raw_text(value)
-    try:
-        obj = orjson.loads(value or b"")
-    except orjson.JSONDecodeError:
-        return text
-    if type(obj) is dict and is_batch(obj) and type(obj["records"]) is list:
-        try:
-            return orjson.dumps(obj["records"][index]).decode()
-        except (IndexError, orjson.JSONEncodeError):
-            return text
-    return text
 
 
 def _account_wire(account: AccountRecord | None) -> dict[str, Any] | None:
