@@ -89,7 +89,7 @@ async def _seek_to_beginning(consumer: Any, partitions: list[Any]) -> None:
 
 
 class FastPathConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
-    """Faust's aiokafka consumer with the two changes described in the module docstring."""
+    """Faust's aiokafka consumer with the changes described in the module docstring."""
 
     #: drain-loop deliveries that completed synchronously / that had to become a task
     fast_deliveries = 0

@@ -78,8 +78,7 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
         # 2 MiB fetches: fewer round trips to Faust's consumer thread (single events: 11k/s
         # with the 1 MiB default, 22k/s); a short stream buffer: it counts messages, and a
         # batch message is ~25 KB, so Faust's 4096 made RSS grow with batched input; 128
-        # messages cost no throughput
-        # (docs/performance.md)
+        # messages cost no throughput (docs/performance.md)
         consumer_max_fetch_size=2 << 20,
         stream_buffer_maxsize=128,
     )
@@ -167,16 +166,7 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
             except Exception as exc:
                 await internal_error(msg, exc)
                 continue
-            metrics.count_results(
-                {
-                    "processed": routed.processed,
-                    "malformed": routed.malformed,
-                    "rejected": routed.rejected,
-                    "error": routed.error,
-                }
-            )
-            metrics.count_enrichment(routed.hits, routed.misses)
-            metrics.observe_lags(routed.lags_s)
+            metrics.count_routed(routed)
 
     @app.agent(detect_topic, name="detect")
     async def detect(stream: Any) -> None:
@@ -204,11 +194,7 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
                 stage.store.pending.clear()
                 await internal_error(msg, exc)
                 continue
-            metrics.count_results(
-                {"processed": out.processed, "duplicate": out.duplicate, "error": out.error}
-            )
-            for rule_id, n in out.matches.items():
-                metrics.rule_matches[rule_id] = metrics.rule_matches.get(rule_id, 0) + n
+            metrics.count_detected(out)
             # expiry writes tombstones to the changelog partition of the current message:
             # only keys of that partition are dropped here
             for key in stage.expired_keys(msg.partition):

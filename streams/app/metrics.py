@@ -20,6 +20,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from streams.app.detection import Detected
+from streams.app.routing import Routed
+
 # event lag spans milliseconds (live) to hours (backlog, replayed archives)
 EVENT_LAG_BUCKETS = (
     0.005,
@@ -96,6 +99,26 @@ class DetectorMetrics(Collector):
         self.enrichment["hit"] += hits
         self.enrichment["miss"] += misses
 
+    def count_routed(self, routed: Routed) -> None:
+        """What stage 1 made of one input message: results, enrichment, event lags."""
+        events = self.events
+        events["processed"] += routed.processed
+        events["malformed"] += routed.malformed
+        events["rejected"] += routed.rejected
+        events["error"] += routed.error
+        self.count_enrichment(routed.hits, routed.misses)
+        self.observe_lags(routed.lags_s)
+
+    def count_detected(self, detected: Detected) -> None:
+        """What stage 2 made of one message: results and rule matches."""
+        events = self.events
+        events["processed"] += detected.processed
+        events["duplicate"] += detected.duplicate
+        events["error"] += detected.error
+        matches = self.rule_matches
+        for rule_id, n in detected.matches.items():
+            matches[rule_id] = matches.get(rule_id, 0) + n
+
     def count_alert(self, rule_id: str, latency_s: float) -> None:
         """One alert acknowledged by Kafka."""
         self.alerts[rule_id] = self.alerts.get(rule_id, 0) + 1
@@ -116,28 +139,22 @@ class DetectorMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Families for the tallies, built at scrape time."""
-        events = CounterMetricFamily("frwatch_events", "input records by result", labels=["result"])
-        for result, n in self.events.items():
-            events.add_metric([result], n)
-        yield events
-        matches = CounterMetricFamily(
-            "frwatch_rule_matches", "non-duplicate events that matched the rule", labels=["rule_id"]
+        yield _counter("frwatch_events", "input records by result", "result", self.events)
+        yield _counter(
+            "frwatch_rule_matches",
+            "non-duplicate events that matched the rule",
+            "rule_id",
+            self.rule_matches,
         )
-        for rule_id, n in self.rule_matches.items():
-            matches.add_metric([rule_id], n)
-        yield matches
         alerts = CounterMetricFamily(
             "frwatch_alerts", "alerts emitted", labels=["rule_id", "severity"]
         )
         for rule_id, n in self.alerts.items():
             alerts.add_metric([rule_id, self.severities.get(rule_id, "unknown")], n)
         yield alerts
-        enrichment = CounterMetricFamily(
-            "frwatch_enrichment", "account lookups per record", labels=["result"]
+        yield _counter(
+            "frwatch_enrichment", "account lookups per record", "result", self.enrichment
         )
-        for result, n in self.enrichment.items():
-            enrichment.add_metric([result], n)
-        yield enrichment
         buckets, running = [], 0
         for bound, n in zip((*EVENT_LAG_BUCKETS, float("inf")), self._lag_counts, strict=True):
             running += n
@@ -161,3 +178,11 @@ class DetectorMetrics(Collector):
     def describe(self) -> Iterator[Metric]:
         """Nothing up front: the registry then collects these families only at scrape time."""
         return iter(())
+
+
+def _counter(name: str, doc: str, label: str, tallies: dict[str, int]) -> CounterMetricFamily:
+    """A counter family with one label, a sample per tally."""
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for value, n in tallies.items():
+        family.add_metric([value], n)
+    return family

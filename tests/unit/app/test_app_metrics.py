@@ -233,26 +233,13 @@ def test_no_label_value_is_a_customer_value_after_many_accounts() -> None:
     # fed the way the worker's agents feed them
     for off, rec in enumerate(_traffic()):
         routed = router.route(orjson.dumps(rec), "api.requests", 0, off, now, now)
-        m.count_results(
-            {
-                "processed": routed.processed,
-                "malformed": routed.malformed,
-                "rejected": routed.rejected,
-                "error": routed.error,
-            }
-        )
-        m.count_enrichment(routed.hits, routed.misses)
-        m.observe_lags(routed.lags_s)
+        m.count_routed(routed)
         for part, items in routed.forwards.items():
             out = stage.observe(orjson.dumps({"items": items}), "detect", part, off)
             for a, kafka_ts in out.alerts:
                 m.count_alert(a.rule_id, max(0.0, now / 1000 - kafka_ts / 1000))
             stage.store.flush()
-            m.count_results(
-                {"processed": out.processed, "duplicate": out.duplicate, "error": out.error}
-            )
-            for rule_id, n in out.matches.items():
-                m.rule_matches[rule_id] = m.rule_matches.get(rule_id, 0) + n
+            m.count_detected(out)
     text = scrape(registry)
     got = samples(text)
     # the tallies moved ...
