@@ -362,6 +362,11 @@ def parse_request_record(rec: object) -> RequestEvent | Rejection:
         return exc.rejection
 
 
+def batch_envelope(records: list[bytes]) -> bytes:
+    """One batch message (`{"records": [...]}`) of records already serialized as JSON."""
+    return b'{"records":[' + b",".join(records) + b"]}"
+
+
 def is_batch(obj: dict[str, Any]) -> bool:
     """A batch envelope is an object with `records` and no `event_id`."""
     return "records" in obj and "event_id" not in obj

@@ -20,6 +20,7 @@ from streams.cli.ops import _send_all, archive_messages, create_topics, delete_t
 from streams.kafkaio import assign_from_beginning
 from streams.settings import Settings, settings_from_env
 from streams.synthetic import SAMPLE_ACCOUNTS, TrafficMaker
+from topics.requests import batch_envelope
 
 Say = Callable[[str], None]
 
@@ -148,9 +149,7 @@ async def _latency(s: Settings, rate: float, seconds: float, batch: int, say: Sa
     async def send(records: list[bytes]) -> None:
         if batch > 1:
             for i in range(0, len(records), batch):
-                await producer.send(
-                    s.topic_requests, b'{"records":[' + b",".join(records[i : i + batch]) + b"]}"
-                )
+                await producer.send(s.topic_requests, batch_envelope(records[i : i + batch]))
         else:
             for rec in records:
                 await producer.send(s.topic_requests, rec)

@@ -18,7 +18,7 @@ from streams.archive import ArchiveError, iter_lines
 from streams.replay import open_all
 from streams.settings import Settings
 from topics.catalog import topic_catalog
-from topics.requests import is_batch
+from topics.requests import batch_envelope, is_batch
 
 EXIT_USAGE = 2
 
@@ -193,10 +193,10 @@ def archive_messages(
             else:
                 records.append(line)
             while len(records) >= batch:
-                yield None, b'{"records":[' + b",".join(records[:batch]) + b"]}"
+                yield None, batch_envelope(records[:batch])
                 del records[:batch]
     if records:
-        yield None, b'{"records":[' + b",".join(records) + b"]}"
+        yield None, batch_envelope(records)
 
 
 def run_publish(args: argparse.Namespace, settings: Settings) -> int:
