@@ -176,8 +176,9 @@ class DetectorMetrics(Collector):
         yield states
 
     def describe(self) -> Iterator[Metric]:
-        """Nothing up front: the registry then collects these families only at scrape time."""
-        return iter(())
+        """The families (their current values do not matter): the registry learns the names,
+        so duplicates are refused and `restricted_registry` (`/metrics?name[]=...`) finds them."""
+        return self.collect()
 
 
 def _counter(name: str, doc: str, label: str, tallies: dict[str, int]) -> CounterMetricFamily:

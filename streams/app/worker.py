@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import faust
+from faust.utils.terminal import SpinnerHandler
+from mode.utils.logging import level_number
 
 from streams.app.faust_app import build_app
+from streams.app.memory import pin_mmap_threshold
 from streams.core.rules import RulesError, load_rules
 from streams.settings import Settings
+
+# fetch responses (up to FETCH_BYTES per partition) are mmapped and given back when freed;
+# socket reads (256 KiB) and messages stay on the heap, reused without a system call
+MMAP_THRESHOLD = 1 << 20
+
+
+class FrwatchWorker(faust.Worker):
+    """Faust's worker, with the root logger back at `loglevel` once startup is over.
+
+    Faust's startup spinner sets the root logger to DEBUG so that every record turns it.
+    Left so, every `log.debug` in Faust and aiokafka (several per produced or fetched
+    message) builds a LogRecord and walks the handlers only for the spinner to drop it:
+    a few percent of the worker's main thread. The spinner is finished by then.
+    """
+
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        quiet_root_logger(self.loglevel)
+
+
+def quiet_root_logger(loglevel: str | int | None) -> None:
+    """Drop the spinner's handler and put the root logger back at `loglevel`."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, SpinnerHandler):
+            root.removeHandler(handler)
+    root.setLevel(level_number(loglevel) or logging.WARNING)
 
 
 def run_worker(settings: Settings, loglevel: str) -> int:
@@ -18,9 +49,10 @@ def run_worker(settings: Settings, loglevel: str) -> int:
     except RulesError as exc:
         print(f"frwatch worker: error: {exc}", file=sys.stderr)
         return 2
+    pin_mmap_threshold(MMAP_THRESHOLD)  # before the first fetch buffer
     fw = build_app(settings, rules)
     # the feed and the publisher start before the app, so accounts are caught up before any
     # request is processed
-    worker = faust.Worker(fw.app, fw.feed, fw.publisher, loglevel=loglevel, quiet=True)
+    worker = FrwatchWorker(fw.app, fw.feed, fw.publisher, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()
     return 0

@@ -221,6 +221,12 @@ def test_malformed_and_rejected_input_goes_to_the_dlq(
         assert worker.metric("frwatch_events_total", result="rejected") == 1
         # the rejected account update did not replace the valid record before it
         assert worker.metric("frwatch_accounts_loaded") == 1
+        # a probe may ask for one series only (what `frwatch bench` polls)
+        only = (worker.metrics_text("frwatch_events_total") or "").splitlines()
+        assert f'frwatch_events_total{{result="malformed"}} {len(lines) - 1}.0' in only
+        assert {line.split("{")[0] for line in only if not line.startswith("#")} == {
+            "frwatch_events_total"
+        }
     finally:
         worker.stop()
     letters = [orjson.loads(v) for _, v in dlq]

@@ -92,12 +92,15 @@ class Worker:
         wait_for(lambda: self.metrics_text() is not None, 90, "worker /metrics", self)
         return self
 
-    def metrics_text(self) -> str | None:
-        """The /metrics page, or None when the worker does not answer."""
+    def metrics_text(self, *names: str) -> str | None:
+        """The /metrics page (only the series `names`, if given), or None when the worker
+        does not answer."""
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log_tail()}")
+        query = "&".join(f"name[]={n}" for n in names)
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+            url = f"http://127.0.0.1:{self.port}/metrics" + (f"?{query}" if query else "")
+            with urllib.request.urlopen(url, timeout=2) as r:
                 return str(r.read().decode())
         except OSError:
             return None

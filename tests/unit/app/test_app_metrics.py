@@ -9,7 +9,7 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.app.detection import DetectStage
@@ -30,7 +30,7 @@ def fresh() -> tuple[CollectorRegistry, DetectorMetrics]:
     return registry, DetectorMetrics(registry, RULE_IDS, SEVERITIES)
 
 
-def scrape(registry: CollectorRegistry) -> str:
+def scrape(registry: Any) -> str:
     return generate_latest(registry).decode()
 
 
@@ -172,6 +172,25 @@ def test_accounts_loaded_is_a_plain_gauge() -> None:
     m.accounts_loaded.set(12)
     m.accounts_loaded.set(11)
     assert value(scrape(registry), "frwatch_accounts_loaded") == 11
+
+
+def test_a_restricted_scrape_serves_only_the_asked_series() -> None:
+    registry, m = fresh()
+    m.count_results({"processed": 3, "malformed": 1})
+    m.count_alert("FR-001", 0.2)
+    text = scrape(registry.restricted_registry(["frwatch_events_total"]))
+    assert set(types(text)) == {"frwatch_events"}
+    assert value(text, "frwatch_events_total", result="processed") == 3
+    assert value(text, "frwatch_events_total", result="malformed") == 1
+    both = scrape(registry.restricted_registry(["frwatch_alerts_total", "frwatch_accounts_loaded"]))
+    assert set(types(both)) == {"frwatch_alerts", "frwatch_accounts_loaded"}
+
+
+def test_the_registry_knows_the_collected_names() -> None:
+    registry, _ = fresh()
+    # a second collector with a clashing name is refused, not silently doubled
+    with pytest.raises(ValueError, match="frwatch_events_total"):
+        Counter("frwatch_events", "a clash", registry=registry)
 
 
 def test_two_registries_do_not_share_tallies() -> None:
