@@ -78,7 +78,7 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
         table_cleanup_interval=3600.0,
         # 4 MiB fetches: fewer round trips to Faust's consumer thread (single events: 11k/s
         # with the 1 MiB default, 22k/s with 2 MiB, 24-25k/s with 4 MiB; batches of 100:
-        # 0.25 -> 0.29-0.31 of the raw consume rate); RSS stays flat because the worker pins
+        # 0.24-0.26 -> 0.26-0.31 of the raw consume rate); RSS stays flat because the worker pins
         # glibc's mmap threshold (streams/app/memory.py). A short stream buffer: it counts
         # messages, and a batch message is ~25 KB, so Faust's 4096 made RSS grow with batched
         # input; 128 messages cost no throughput (docs/performance.md)

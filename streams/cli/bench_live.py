@@ -233,9 +233,9 @@ def _watch_worker(
 def _rss_report(rss: dict[int, float]) -> str:
     """`72.1 MiB after 100,000 events, 74.0 MiB after 1,000,000 (+2.6%)`."""
     parts = [f"{mib:.1f} MiB after {n:,} events" for n, mib in rss.items()]
-    first, last = next(iter(rss.values())), list(rss.values())[-1]
-    if len(rss) > 1 and first:
-        parts[-1] += f" ({(last - first) / first:+.1%})"
+    readings = list(rss.values())
+    if len(readings) > 1 and readings[0]:
+        parts[-1] += f" ({(readings[-1] - readings[0]) / readings[0]:+.1%})"
     return ", ".join(parts)
 
 
