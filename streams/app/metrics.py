@@ -46,8 +46,9 @@ EVENT_LAG_BUCKETS = (
     21600.0,
     86400.0,
 )
-# each bucket's (exclusive) lower and (inclusive) upper bound, +Inf included
-_LAG_BOUNDS = (float("-inf"), *EVENT_LAG_BUCKETS, float("inf"))
+# the bounds in milliseconds: a lag is a difference of epoch milliseconds, so `lag_ms <= bound_ms`
+# is exactly `lag_ms / 1000 <= bound` (every bound is a whole number of milliseconds)
+_LAG_BOUNDS_MS = tuple(round(b * 1000) for b in EVENT_LAG_BUCKETS)
 # alert latency: milliseconds to seconds; the SLO line is 0.25 s, the page at 5 s
 ALERT_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -71,7 +72,7 @@ class DetectorMetrics(Collector):
         self.rule_matches = dict.fromkeys(self.rule_ids, 0)
         self.alerts = dict.fromkeys(self.rule_ids, 0)
         self._lag_counts = [0] * (len(EVENT_LAG_BUCKETS) + 1)
-        self._lag_sum = 0.0
+        self._lag_sum_ms = 0
         self._window_states: Callable[[], dict[str, int]] = dict
         self.alert_latency = Histogram(
             "frwatch_alert_latency_seconds",
@@ -107,7 +108,7 @@ class DetectorMetrics(Collector):
         events["rejected"] += routed.rejected
         events["error"] += routed.error
         self.count_enrichment(routed.hits, routed.misses)
-        self.observe_lags(routed.lags_s)
+        self.observe_lags(routed.event_ts_ms, routed.now_ms)
 
     def count_detected(self, detected: Detected) -> None:
         """What stage 2 made of one message: results and rule matches."""
@@ -124,18 +125,35 @@ class DetectorMetrics(Collector):
         self.alerts[rule_id] = self.alerts.get(rule_id, 0) + 1
         self.alert_latency.observe(latency_s)
 
-    def observe_lags(self, lags_s: Sequence[float]) -> None:
-        """Add event lags (seconds) to the histogram."""
-        counts = self._lag_counts
-        bounds = _LAG_BOUNDS
-        # records of a message mostly share a bucket: test the last one before searching
-        low, high, index = 1.0, 0.0, 0
-        for lag in lags_s:
-            if not low < lag <= high:
-                index = bisect_left(EVENT_LAG_BUCKETS, lag)
-                low, high = bounds[index], bounds[index + 1]
-            counts[index] += 1
-        self._lag_sum += sum(lags_s)
+    def observe_lags(self, event_ts_ms: Sequence[int], now_ms: int) -> None:
+        """Add the lags of events (`now_ms` minus their time, 0 when ahead) to the histogram.
+
+        The events of one message mostly share a bucket: when the oldest and the newest do,
+        so do all. Otherwise, sorted, the events with lag <= a bound are a suffix, found by
+        bisection for the bounds between the extremes.
+        """
+        n = len(event_ts_ms)
+        if not n:
+            return
+        oldest, newest = min(event_ts_ms), max(event_ts_ms)
+        bounds, counts = _LAG_BOUNDS_MS, self._lag_counts
+        first = bisect_left(bounds, now_ms - newest)  # the smallest lag's bucket
+        # the largest's (len(bounds): +Inf)
+        last = first if oldest == newest else bisect_left(bounds, now_ms - oldest)
+        if newest <= now_ms:
+            self._lag_sum_ms += n * now_ms - sum(event_ts_ms)
+        else:  # events ahead of the clock count as lag 0
+            self._lag_sum_ms += sum(now_ms - ts for ts in event_ts_ms if ts < now_ms)
+        if first == last:
+            counts[first] += n
+            return
+        ordered = sorted(event_ts_ms)
+        within = 0  # events with lag <= the bound before bucket i
+        for i in range(first, last):
+            upto = n - bisect_left(ordered, now_ms - bounds[i])
+            counts[i] += upto - within
+            within = upto
+        counts[last] += n - within
 
     def collect(self) -> Iterator[Metric]:
         """Families for the tallies, built at scrape time."""
@@ -163,7 +181,7 @@ class DetectorMetrics(Collector):
             "frwatch_event_lag_seconds",
             "wall clock minus event time at processing",
             buckets=buckets,
-            sum_value=self._lag_sum,
+            sum_value=self._lag_sum_ms / 1000,
         )
         states = GaugeMetricFamily(
             "frwatch_window_state_entries",

@@ -47,7 +47,10 @@ class Routed:
     error: int = 0
     hits: int = 0
     misses: int = 0
-    lags_s: list[float] = field(default_factory=list)
+    #: event times (epoch ms) of the records counted in `hits`/`misses`, and the wall clock
+    #: they were routed at: their lags, for the lag histogram
+    event_ts_ms: list[int] = field(default_factory=list)
+    now_ms: int = 0
 
 
 class Router:
@@ -76,7 +79,7 @@ class Router:
         The hot loop of the live worker: most records match no rule, so they cost a
         validation, an account lookup and a gate lookup, nothing more.
         """
-        out = Routed()
+        out = Routed(now_ms=now_ms)
         message = value if value is not None else b""
         found = request_records(message)
         if type(found) is RejectedRecord:
@@ -91,8 +94,8 @@ class Router:
         admitting = self.index.admitting
         gates = self.index.cached  # admitting's answers, looked up without a call
         kind_of_operation = OPERATION_KIND.get
-        lags = out.lags_s
-        hits = misses = processed = 0
+        event_ts = out.event_ts_ms
+        misses = forwarded = 0
         for rec in records:
             ts_ms = accepted_ts(rec) if type(rec) is dict else -1
             if ts_ms < 0:
@@ -138,10 +141,9 @@ class Router:
                 gated = gates((kind, operation, label))
                 if gated is None:
                     gated = admitting(kind, operation, label)
-                if gated:
-                    forwards = self._plan(build_event(rec, ts_ms), account, kafka_ts_ms)
-                else:
-                    forwards = []
+                forwards = (
+                    self._plan(build_event(rec, ts_ms), account, kafka_ts_ms) if gated else ()
+                )
             except Exception as exc:  # a deterministic bug: dead-letter it, never skip silently
                 out.error += 1
                 rejection = Rejection(INTERNAL_ERROR, None, f"{type(exc).__name__}: {exc}")
@@ -154,15 +156,14 @@ class Router:
             # counted only once the record's whole plan exists: a record is never half-routed
             if account is None:
                 misses += 1
-            else:
-                hits += 1
-            lags.append((now_ms - ts_ms) / 1000 if ts_ms < now_ms else 0.0)
+            event_ts.append(ts_ms)
             if not forwards:
-                processed += 1
                 continue
+            forwarded += 1  # counted by stage 2
             for dest, item in forwards:
                 out.forwards.setdefault(dest, []).append(item)
-        out.hits, out.misses, out.processed = hits, misses, processed
+        routed = len(event_ts)
+        out.hits, out.misses, out.processed = routed - misses, misses, routed - forwarded
         return out
 
     def _plan(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -14,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.app.detection import DetectStage
 from streams.app.metrics import ALERT_LATENCY_BUCKETS, EVENT_LAG_BUCKETS, RESULTS, DetectorMetrics
-from streams.app.routing import Router
+from streams.app.routing import Routed, Router
 from streams.core.rules import load_rules
 from streams.synthetic import DEFAULT_START_MS
 from topics.accounts import AccountDirectory, AccountRecord
@@ -134,24 +135,57 @@ def _le(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else repr(float(bound))
 
 
+NOW = DEFAULT_START_MS + 86_400_000
+
+
+def _lag_buckets(text: str) -> list[float]:
+    return [
+        value(text, "frwatch_event_lag_seconds_bucket", le=_le(b))
+        for b in (*EVENT_LAG_BUCKETS, math.inf)
+    ]
+
+
+def _plain_count(lags_ms: list[int]) -> list[int]:
+    """Lags (0 when negative) at or below each bound, counted one by one (le: "<=")."""
+    lags_s = [max(0, ms) / 1000 for ms in lags_ms]
+    return [sum(1 for lag in lags_s if lag <= b) for b in (*EVENT_LAG_BUCKETS, math.inf)]
+
+
 def test_event_lag_histogram_buckets_are_cumulative_with_count_and_sum() -> None:
     registry, m = fresh()
-    lags = [0.0, 0.001, 0.005, 0.0051, 0.3, 42.0, 3600.0, 86400.0, 86400.5, 10 * 86400.0]
-    m.observe_lags(lags[:4])
-    m.observe_lags([])
-    m.observe_lags(lags[4:])
+    # lags in ms: ahead of the clock, on and next to bounds, a day, ten days
+    lags = [-4000, 0, 1, 5, 6, 300, 42_000, 3_600_000, 86_400_000, 86_400_500, 864_000_000]
+    m.observe_lags([NOW - lag for lag in lags[:5]], NOW)
+    m.observe_lags([], NOW)
+    m.observe_lags([NOW + 7 - lag for lag in lags[5:]], NOW + 7)
     text = scrape(registry)
-    bounds = [*EVENT_LAG_BUCKETS, math.inf]
-    got = [value(text, "frwatch_event_lag_seconds_bucket", le=_le(b)) for b in bounds]
-    want = [sum(1 for lag in lags if lag <= b) for b in bounds]  # le: "less than or equal"
-    assert got == want
+    got = _lag_buckets(text)
+    assert got == _plain_count(lags)
     assert got == sorted(got), "buckets are cumulative"
     assert got[-1] == len(lags)
     assert value(text, "frwatch_event_lag_seconds_count") == len(lags)
-    assert value(text, "frwatch_event_lag_seconds_sum") == pytest.approx(sum(lags))
+    # an event ahead of the wall clock counts as lag 0
+    assert value(text, "frwatch_event_lag_seconds_sum") == pytest.approx(
+        sum(max(0, lag) for lag in lags) / 1000
+    )
     # spans milliseconds (live) to a day (backlog, replayed archives)
     assert EVENT_LAG_BUCKETS[0] <= 0.005 and EVENT_LAG_BUCKETS[-1] >= 86400
     assert list(EVENT_LAG_BUCKETS) == sorted(EVENT_LAG_BUCKETS)
+
+
+def test_lag_bounds_are_whole_milliseconds() -> None:
+    """What lets the histogram compare integer lags in ms with the bounds."""
+    assert all(b * 1000 == round(b * 1000) for b in EVENT_LAG_BUCKETS)
+
+
+def test_a_routed_message_adds_its_records_lags() -> None:
+    registry, m = fresh()
+    m.count_routed(Routed(event_ts_ms=[NOW - 90_500, NOW + 60_000], now_ms=NOW))
+    text = scrape(registry)
+    assert value(text, "frwatch_event_lag_seconds_count") == 2
+    assert value(text, "frwatch_event_lag_seconds_sum") == pytest.approx(90.5)
+    assert value(text, "frwatch_event_lag_seconds_bucket", le="60.0") == 1
+    assert value(text, "frwatch_event_lag_seconds_bucket", le="300.0") == 2
 
 
 def test_window_state_entries_come_from_the_watched_source_at_scrape_time() -> None:
@@ -283,17 +317,27 @@ def test_no_label_value_is_a_customer_value_after_many_accounts() -> None:
     assert "subj-" not in text and "pg-" not in text
 
 
+_BOUNDS_MS = [round(b * 1000) for b in EVENT_LAG_BUCKETS]
+_NEAR_BOUNDS = [ms + d for ms in (0, *_BOUNDS_MS) for d in (-1, 0, 1)]
+
+
 @given(
     st.lists(
-        st.one_of(st.sampled_from([0.0, *EVENT_LAG_BUCKETS]), st.floats(0, 10 * 86400.0)),
+        st.one_of(st.sampled_from(_NEAR_BOUNDS), st.integers(-600_000, 10 * 86_400_000)),
         max_size=60,
-    )
+    ),
+    st.lists(st.integers(0, 60), max_size=4),
 )
-def test_event_lag_buckets_match_a_plain_count_for_any_sequence(lags: list[float]) -> None:
-    """The same-bucket shortcut never puts a lag in the wrong bucket, in any order."""
+def test_event_lag_buckets_match_a_plain_count_for_any_sequence(
+    lags: list[int], cuts: list[int]
+) -> None:
+    """Bisecting the sorted times puts every lag in its bucket, in any order, in any split."""
     registry, m = fresh()
-    m.observe_lags(lags)
+    edges = [0, *sorted(min(c, len(lags)) for c in cuts), len(lags)]
+    for a, b in itertools.pairwise(edges):
+        m.observe_lags([NOW - lag for lag in lags[a:b]], NOW)
     text = scrape(registry)
-    bounds = [*EVENT_LAG_BUCKETS, math.inf]
-    got = [value(text, "frwatch_event_lag_seconds_bucket", le=_le(b)) for b in bounds]
-    assert got == [sum(1 for lag in lags if lag <= b) for b in bounds]
+    assert _lag_buckets(text) == _plain_count(lags)
+    assert value(text, "frwatch_event_lag_seconds_sum") == pytest.approx(
+        sum(max(0, lag) for lag in lags) / 1000
+    )

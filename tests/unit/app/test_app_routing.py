@@ -110,7 +110,7 @@ def test_malformed_record_becomes_a_dead_letter_with_its_origin(
 ) -> None:
     out = route(router(), raw, partition=5, offset=1234)
     assert counts(out) == {**counts(Routed()), "malformed": 1}
-    assert out.forwards == {} and out.lags_s == []
+    assert out.forwards == {} and out.event_ts_ms == []
     (dl,) = out.dead_letters
     assert (dl.rejection.reason, dl.rejection.field) == (reason, field)
     assert dl.rejection.detail
@@ -169,7 +169,7 @@ def test_ts_exactly_five_minutes_ahead_is_accepted() -> None:
     out = route(router(), ev)
     assert out.rejected == 0 and out.dead_letters == []
     assert [i["e"]["event_id"] for i in items(out)] == ["fut-2"]
-    assert out.lags_s == [0.0]  # negative lag counts as 0
+    assert out.event_ts_ms == [NOW + 5 * 60_000] and out.now_ms == NOW
 
 
 def test_future_timestamp_dead_letter_keeps_the_record_as_sent() -> None:
@@ -224,9 +224,9 @@ def test_enrichment_uses_the_directory_at_the_time_of_routing() -> None:
     assert {i["a"]["org_id"] for i in items(second)} == {"org-late"}
 
 
-def test_lag_is_wall_clock_minus_event_time_in_seconds() -> None:
+def test_routed_records_carry_their_event_time_and_the_routing_wall_clock() -> None:
     out = route(router(), event(ts=NOW - 90_500))
-    assert out.lags_s == [90.5]
+    assert (out.event_ts_ms, out.now_ms) == ([NOW - 90_500], NOW)
 
 
 # --- records that match no rule -------------------------------------------------------------
@@ -336,10 +336,10 @@ def test_batch_of_mixed_accounts_routes_like_records_sent_one_by_one() -> None:
             one_by_one.setdefault(part, []).extend(its)
         for name in ("processed", "malformed", "rejected", "error", "hits", "misses"):
             setattr(singles, name, getattr(singles, name) + getattr(out, name))
-        singles.lags_s.extend(out.lags_s)
+        singles.event_ts_ms.extend(out.event_ts_ms)
     assert batched.forwards == one_by_one
     assert counts(batched) == counts(singles)
-    assert batched.lags_s == singles.lags_s
+    assert batched.event_ts_ms == singles.event_ts_ms
     assert batched.processed + sum(i["c"] for i in items(batched)) == len(records)
 
 
