@@ -305,21 +305,18 @@ def accepted_ts(rec: dict[str, Any]) -> int:
         for x in sv:
             if type(x) is not str:
                 return -1
-    o = get("gallery")
-    if o is not None and (
-        type(o) is not dict
-        or type(o.get("id")) not in _NONE_OR_STR
-        or type(o.get("kind")) not in _NONE_OR_STR
-    ):
-        return -1
-    o = get("capture")
-    if o is not None and (
-        type(o) is not dict
-        or type(o.get("device")) not in _NONE_OR_STR
-        or type(o.get("setting")) not in _NONE_OR_STR
-    ):
-        return -1
+    for name, a, b in _PAIRS:
+        o = get(name)
+        if o is not None and (
+            type(o) is not dict
+            or type(o.get(a)) not in _NONE_OR_STR
+            or type(o.get(b)) not in _NONE_OR_STR
+        ):
+            return -1
     return ts  # type: ignore[no-any-return]
+
+
+_PAIRS = (("gallery", "id", "kind"), ("capture", "device", "setting"))
 
 
 def build_event(rec: dict[str, Any], ts_ms: int) -> RequestEvent:
