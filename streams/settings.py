@@ -35,6 +35,12 @@ SETTINGS: tuple[tuple[str, str, str, str], ...] = (
         "4",
         "partitions of the internal topics and window tables (fixed for an app id)",
     ),
+    (
+        "screening_processes",
+        "FRWATCH_SCREENING_PROCESSES",
+        "1",
+        "helper processes that decode and validate input beside the worker (0: none)",
+    ),
 )
 
 
@@ -53,6 +59,7 @@ class Settings:
     rules: str | None
     store: str
     partitions: int
+    screening_processes: int
 
     @property
     def bootstrap_servers(self) -> list[str]:
@@ -94,6 +101,9 @@ def _validated(raw: Mapping[str, str]) -> Settings:
     parts_text = raw["partitions"].strip()
     if not parts_text.isdigit() or not 1 <= int(parts_text) <= 1024:
         raise SettingsError(f"{env_name('partitions')}: {parts_text!r} is not 1..1024")
+    screening_text = raw.get("screening_processes", "1").strip()
+    if not screening_text.isdigit() or not 0 <= int(screening_text) <= 64:
+        raise SettingsError(f"{env_name('screening_processes')}: {screening_text!r} is not 0..64")
     for f in ("app_id", "topic_requests", "topic_accounts", "topic_alerts", "topic_dlq"):
         if not raw[f].strip():
             raise SettingsError(f"{env_name(f)} must not be empty")
@@ -111,6 +121,7 @@ def _validated(raw: Mapping[str, str]) -> Settings:
         rules=raw["rules"].strip() or None,
         store=raw["store"].strip(),
         partitions=int(parts_text),
+        screening_processes=int(screening_text),
     )
 
 

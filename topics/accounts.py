@@ -168,12 +168,13 @@ def decode_account_message(
 class AccountDirectory:
     """The latest known state of every account; removed accounts are forgotten."""
 
-    __slots__ = ("_accounts", "get")
+    __slots__ = ("_accounts", "get", "known")
 
     def __init__(self) -> None:
         self._accounts: dict[str, AccountRecord] = {}
-        # the dict's own lookup (it is never replaced): one C call on the hot path
+        # the dict's own lookups (it is never replaced): one C call each on the hot path
         self.get: Callable[[str], AccountRecord | None] = self._accounts.get
+        self.known: Callable[[str], bool] = self._accounts.__contains__
 
     def apply(self, update: AccountRecord | AccountTombstone) -> None:
         """Apply one valid record or tombstone: the latest applied wins."""

@@ -11,6 +11,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from streams.core.classify import IDENTITY_INTENTS, NONE, OPERATION_KIND, EnrichedEvent, intent_kind
 from streams.core.engine import RuleIndex, group_key
 from streams.core.rules import RuleSet
@@ -33,6 +35,134 @@ SCOPES = (("account_id", "a"), ("org_id", "o"))  # the order of streams.core.eng
 def destination(key: str, partitions: int) -> int:
     """Stage-2 partition of a group key (stable across processes and restarts)."""
     return zlib.crc32(key.encode()) % partitions
+
+
+@dataclass(slots=True)
+class Screened:
+    """The first half of stage 1 for one message: everything that needs no account directory.
+
+    Built by `Screen` in the worker or in a screening process (`streams.app.screening`),
+    which sends it back as `to_wire()`.
+    """
+
+    #: why each rejected record was rejected, and its text as sent, in record order
+    letters: list[tuple[Rejection, str]] = field(default_factory=list)
+    malformed: int = 0
+    rejected: int = 0
+    error: int = 0
+    #: account ids and event times (epoch ms) of the valid records that no rule's gate admits
+    accounts: list[str] = field(default_factory=list)
+    event_ts_ms: list[int] = field(default_factory=list)
+    #: the valid records that some rule's gate admits, with their event times
+    gated: list[tuple[dict[str, Any], int]] = field(default_factory=list)
+    #: whether the message was a batch (`record_text` of a gated record needs it)
+    batched: bool = False
+
+    def to_wire(self) -> bytes:
+        """One JSON array (orjson round-trips the decoded records exactly)."""
+        return orjson.dumps(
+            [
+                self.malformed,
+                self.rejected,
+                self.error,
+                [(r.reason, r.field, r.detail, text) for r, text in self.letters],
+                self.accounts,
+                self.event_ts_ms,
+                self.gated,
+                self.batched,
+            ]
+        )
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Screened:
+        """The inverse of `to_wire`."""
+        malformed, rejected, error, letters, accounts, event_ts_ms, gated, batched = orjson.loads(
+            data
+        )
+        return cls(
+            [(Rejection(reason, fld, detail), text) for reason, fld, detail, text in letters],
+            malformed,
+            rejected,
+            error,
+            accounts,
+            event_ts_ms,
+            [(rec, ts) for rec, ts in gated],
+            batched,
+        )
+
+
+class Screen:
+    """Decode, validate, classify and gate the records of one message: pure, no directory."""
+
+    def __init__(self, rules: RuleSet) -> None:
+        self.index = RuleIndex(rules.rules)
+
+    def screen(self, value: bytes | None, now_ms: int) -> Screened:
+        """Every record of one `api.requests` message, validated on its own.
+
+        The hot loop of the live worker: most records match no rule's gate, so they cost a
+        validation and a gate lookup, nothing more.
+        """
+        out = Screened()
+        letters = out.letters
+        message = value if value is not None else b""
+        found = request_records(message)
+        if type(found) is RejectedRecord:
+            out.malformed = 1
+            letters.append((found.rejection, found.raw))
+            return out
+        records, batched = found  # type: ignore[misc]
+        out.batched = batched
+        future_limit = now_ms + FUTURE_TOLERANCE_MS
+        admitting = self.index.admitting
+        gates = self.index.cached  # admitting's answers, looked up without a call
+        kind_of_operation = OPERATION_KIND.get
+        accounts = out.accounts.append
+        event_ts = out.event_ts_ms.append
+        gated_records = out.gated.append
+        for rec in records:
+            ts_ms = accepted_ts(rec) if type(rec) is dict else -1
+            if ts_ms < 0:
+                # the detailed validator names the reason (it agrees with accepted_ts)
+                out.malformed += 1
+                letters.append(
+                    (parse_request_record(rec), record_text(rec, message, batched))  # type: ignore[arg-type]
+                )
+                continue
+            if ts_ms > future_limit:
+                out.rejected += 1
+                ahead_s = (ts_ms - now_ms) / 1000
+                rejection = Rejection(
+                    FUTURE_TIMESTAMP, "ts", f"ts is {ahead_s:.0f}s ahead of the wall clock"
+                )
+                letters.append((rejection, record_text(rec, message, batched)))
+                continue
+            try:
+                operation = rec["operation"]
+                intent = rec.get("intent")
+                label = None if intent is None else intent.get("label")
+                kind = kind_of_operation(operation)
+                if kind is None:
+                    kind = (
+                        intent_kind(
+                            operation, rec.get("image_count") or 0, label, intent.get("score")
+                        )
+                        if label in IDENTITY_INTENTS
+                        else NONE
+                    )
+                gated = gates((kind, operation, label))
+                if gated is None:
+                    gated = admitting(kind, operation, label)
+            except Exception as exc:  # a deterministic bug: dead-letter it, never skip silently
+                out.error += 1
+                letters.append((_internal_error(exc), record_text(rec, message, batched)))
+                continue
+            if gated:
+                gated_records((rec, ts_ms))
+            else:
+                accounts(rec["account_id"])
+                event_ts(ts_ms)
+        return out
 
 
 @dataclass(slots=True)
@@ -63,7 +193,7 @@ class Router:
             (tag, RuleIndex(tuple(r for r in rules.rules if r.group_by == scope)))
             for scope, tag in SCOPES
         )
-        self.index = RuleIndex(rules.rules)
+        self.screen = Screen(rules)
 
     def route(
         self,
@@ -74,82 +204,57 @@ class Router:
         kafka_ts_ms: int,
         now_ms: int,
     ) -> Routed:
-        """Every record of one `api.requests` message, validated and counted on its own.
+        """Screen one message here, then route it (`route_screened`)."""
+        return self.route_screened(
+            self.screen.screen(value, now_ms), value, topic, partition, offset, kafka_ts_ms, now_ms
+        )
 
-        The hot loop of the live worker: most records match no rule, so they cost a
-        validation, an account lookup and a gate lookup, nothing more.
+    def route_screened(
+        self,
+        screened: Screened,
+        value: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        kafka_ts_ms: int,
+        now_ms: int,
+    ) -> Routed:
+        """The second half of stage 1: enrich the screened records and plan their forwards.
+
+        `value` is the message that was screened; `screened`'s lists are taken over. A record
+        that no gate admits costs one directory lookup (a hit or a miss); the few that some
+        gate admits are built, enriched and matched.
         """
-        out = Routed(now_ms=now_ms)
-        message = value if value is not None else b""
-        found = request_records(message)
-        if type(found) is RejectedRecord:
-            out.malformed = 1
-            out.dead_letters.append(
-                DeadLetter(found.rejection, found.raw, topic, partition, offset)
-            )
-            return out
-        records, batched = found  # type: ignore[misc]
-        future_limit = now_ms + FUTURE_TOLERANCE_MS
-        account_of = self.directory.get
-        admitting = self.index.admitting
-        gates = self.index.cached  # admitting's answers, looked up without a call
-        kind_of_operation = OPERATION_KIND.get
+        out = Routed(
+            dead_letters=[
+                DeadLetter(rejection, text, topic, partition, offset)
+                for rejection, text in screened.letters
+            ],
+            malformed=screened.malformed,
+            rejected=screened.rejected,
+            error=screened.error,
+            event_ts_ms=screened.event_ts_ms,
+            now_ms=now_ms,
+        )
+        accounts = screened.accounts
+        hits = sum(map(self.directory.known, accounts))
+        misses = len(accounts) - hits
         event_ts = out.event_ts_ms
-        misses = forwarded = 0
-        for rec in records:
-            ts_ms = accepted_ts(rec) if type(rec) is dict else -1
-            if ts_ms < 0:
-                # the detailed validator names the reason (it agrees with accepted_ts)
-                reason = parse_request_record(rec)
-                out.malformed += 1
+        forwarded = 0
+        account_of = self.directory.get
+        for rec, ts_ms in screened.gated:
+            try:
+                account = account_of(rec["account_id"])
+                forwards = self._plan(build_event(rec, ts_ms), account, kafka_ts_ms)
+            except Exception as exc:  # a deterministic bug: dead-letter it, never skip silently
+                out.error += 1
                 out.dead_letters.append(
                     DeadLetter(
-                        reason,  # type: ignore[arg-type]
-                        record_text(rec, message, batched),
+                        _internal_error(exc),
+                        record_text(rec, value if value is not None else b"", screened.batched),
                         topic,
                         partition,
                         offset,
-                    )
-                )
-                continue
-            if ts_ms > future_limit:
-                out.rejected += 1
-                ahead_s = (ts_ms - now_ms) / 1000
-                rejection = Rejection(
-                    FUTURE_TIMESTAMP, "ts", f"ts is {ahead_s:.0f}s ahead of the wall clock"
-                )
-                out.dead_letters.append(
-                    DeadLetter(
-                        rejection, record_text(rec, message, batched), topic, partition, offset
-                    )
-                )
-                continue
-            try:
-                operation = rec["operation"]
-                intent = rec.get("intent")
-                label = None if intent is None else intent.get("label")
-                kind = kind_of_operation(operation)
-                if kind is None:
-                    kind = (
-                        intent_kind(
-                            operation, rec.get("image_count") or 0, label, intent.get("score")
-                        )
-                        if label in IDENTITY_INTENTS
-                        else NONE
-                    )
-                account = account_of(rec["account_id"])
-                gated = gates((kind, operation, label))
-                if gated is None:
-                    gated = admitting(kind, operation, label)
-                forwards = (
-                    self._plan(build_event(rec, ts_ms), account, kafka_ts_ms) if gated else ()
-                )
-            except Exception as exc:  # a deterministic bug: dead-letter it, never skip silently
-                out.error += 1
-                rejection = Rejection(INTERNAL_ERROR, None, f"{type(exc).__name__}: {exc}")
-                out.dead_letters.append(
-                    DeadLetter(
-                        rejection, record_text(rec, message, batched), topic, partition, offset
                     )
                 )
                 continue
@@ -193,3 +298,7 @@ class Router:
 
 def _account_wire(account: AccountRecord | None) -> dict[str, Any] | None:
     return account.to_wire() if account is not None else None
+
+
+def _internal_error(exc: Exception) -> Rejection:
+    return Rejection(INTERNAL_ERROR, None, f"{type(exc).__name__}: {exc}")

@@ -128,7 +128,7 @@ def build_parser() -> OneLineParser:
     b.add_argument("--batch", type=int, default=1, metavar="K", help="records per message")
     b.add_argument("--offline", action="store_true", help="replay speed only, no broker")
     b.add_argument("--json", action="store_true", help="end with one JSON object")
-    _settings_flags(b, (*KAFKA, "partitions"))
+    _settings_flags(b, (*KAFKA, "partitions", "screening_processes"))
     return p
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from worker_harness import (
 from streams.synthetic import DEFAULT_START_MS, SAMPLE_ACCOUNTS
 
 pytestmark = pytest.mark.integration
+FRWATCH = (sys.executable, "-m", "streams.cli.main")
 
 
 def _prepare(
@@ -36,11 +40,16 @@ def _prepare(
     return env, accounts, events
 
 
-@pytest.mark.parametrize("batch", [None, 50])
+@pytest.mark.parametrize(
+    ("batch", "screening"),
+    [(None, "1"), (50, "1"), (50, "0")],
+    ids=["single-events", "batches-screened-elsewhere", "batches-screened-in-the-worker"],
+)
 def test_live_alerts_equal_replay(
-    kafka_bootstrap: str, unique_name: str, tmp_path: Path, batch: int | None
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, batch: int | None, screening: str
 ) -> None:
     env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path)
+    env["FRWATCH_SCREENING_PROCESSES"] = screening
     expected, summary = replay_alerts(events, accounts, env)
     assert {a["rule_id"] for a in expected} == {f"FR-00{i}" for i in range(1, 9)}
     assert summary["malformed"] > 0 and summary["duplicates"] > 0
@@ -164,6 +173,68 @@ def test_crash_repeats_but_never_loses_alerts(
         f"{stalls} stalled worker(s) restarted, "
         f"{repeats} repeated after restart"
     )
+
+
+def _serving(worker: Worker, killed: list[int]) -> list[int]:
+    """The worker's screening processes that said hello (its log says so) and live on."""
+    assert worker.proc is not None
+    pid = worker.proc.pid
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    log = worker.log_path.read_text(errors="replace")
+    return [int(c) for c in children if int(c) not in killed and f"(pid {c})" in log]
+
+
+def test_killed_screening_processes_lose_and_repeat_nothing(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    """The screening process is killed with batches waiting for it, again and again.
+
+    For each quarter of the archive: stop the process (SIGSTOP), publish the quarter, let the
+    worker send it the batches, then SIGKILL it. The worker starts it again and resends what
+    it had not answered: every record is counted exactly once (the worker itself never
+    restarts, so nothing may repeat), and the alerts are exactly the replay's.
+    """
+    env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path, hours=12)
+    expected, summary = replay_alerts(events, accounts, env)
+    want = {a["alert_id"] for a in expected}
+    lines = events.read_bytes().splitlines()
+    parts = [lines[i::4] for i in range(4)]  # each part keeps its lines in archive order
+    worker = Worker(env, tmp_path / "w").start()
+    killed: list[int] = []
+    try:
+        for i, part in enumerate(parts):
+            wait_for(lambda: _serving(worker, killed), 60, "a screening process", worker)
+            (pid,) = _serving(worker, killed)
+            os.kill(pid, signal.SIGSTOP)
+            archive = write_jsonl(tmp_path / f"part-{i}.jsonl", part)
+            frwatch(["publish", "--batch", "50", str(archive)], env)
+            time.sleep(2.0)  # the worker fetches the part and sends it to the stopped process
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        wait_for(
+            lambda: worker.records_counted() >= summary["events"],
+            120,
+            "every record counted",
+            worker,
+        )
+        _wait_for_exactly(want, kafka_bootstrap, env, 30, "all alerts", [worker])
+        time.sleep(1.0)  # anything extra would arrive now
+        assert worker.records_counted() == summary["events"]
+        live = alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])
+        assert len(live) == len(want), "no alert repeats"
+        assert worker.metric("frwatch_events_total", result="malformed") == summary["malformed"]
+        assert worker.metric("frwatch_events_total", result="error") == 0
+        wait_for(lambda: _serving(worker, killed), 30, "a screening process at the end", worker)
+        log = worker.log_path.read_text(errors="replace")
+        resent = [int(n) for n in re.findall(r"(\d+) message\(s\) sent to it again", log)]
+        assert len(resent) == len(parts) and all(resent), resent
+        assert "screens input in its own process" not in log
+    finally:
+        worker.stop()
+    print(f"\nscreening kill test: messages sent again after each kill: {resent}")
 
 
 def test_malformed_and_rejected_input_goes_to_the_dlq(
@@ -318,28 +389,31 @@ def test_a_worker_joining_while_records_arrive_loses_no_alert(
             second.stop()
 
 
+@pytest.mark.parametrize("batch", [None, 50], ids=["single-events", "batches-screened-elsewhere"])
 def test_rebalances_under_load_lose_no_alert(
-    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, batch: int | None
 ) -> None:
     """A worker joins mid-archive, then the first one leaves: the alert set is complete.
 
     Before the consumer forgot its read offsets on resuming (streams/app/fastpath.py), the
     surviving worker skipped the records that a rebalance had cleared from its buffers (1 run
-    in 3).
+    in 3). With batches, messages are being screened elsewhere when the rebalance comes: the
+    revocation waits until they are routed and acked.
     """
+    publish = ["publish", *(["--batch", str(batch)] if batch else [])]
     env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path, hours=12)
     expected, _ = replay_alerts(events, accounts, env)
     want = {a["alert_id"] for a in expected}
     lines = events.read_bytes().splitlines()
     half = len(lines) // 2
-    frwatch(["publish", str(write_jsonl(tmp_path / "first.jsonl", lines[:half]))], env)
+    frwatch([*publish, str(write_jsonl(tmp_path / "first.jsonl", lines[:half]))], env)
     first = Worker(env, tmp_path / "w1").start()
     second = None
     try:
         wait_for(lambda: first.records_counted() > 0, 90, "the first worker to start", first)
         second = Worker(env, tmp_path / "w2").start()
         # the rest arrives while the group rebalances onto two members
-        frwatch(["publish", str(write_jsonl(tmp_path / "second.jsonl", lines[half:]))], env)
+        frwatch([*publish, str(write_jsonl(tmp_path / "second.jsonl", lines[half:]))], env)
         joiner = second
         wait_for(
             lambda: joiner.records_counted() > 0, 90, "the joiner to take work", [first, second]

@@ -18,7 +18,7 @@ import pytest
 
 from streams.archive import ArchiveError
 from streams.cli.ops import archive_messages
-from streams.settings import SETTINGS
+from streams.settings import SETTINGS, settings_from_env
 from topics.requests import decode_request_message, is_batch
 
 REPO = Path(__file__).resolve().parents[3]
@@ -322,3 +322,17 @@ def test_bad_web_port_is_one_line_and_exit_2(port: str) -> None:
 def test_bad_web_port_flag_is_one_line_and_exit_2() -> None:
     line = one_line_error(run("worker", "--web-port", "99999"))
     assert "99999" in line
+
+
+@pytest.mark.parametrize("value", ["x", "-1", "65", "1.5", ""])
+def test_bad_screening_processes_is_one_line_and_exit_2(value: str) -> None:
+    line = one_line_error(run("worker", FRWATCH_SCREENING_PROCESSES=value))
+    assert "FRWATCH_SCREENING_PROCESSES" in line and "0..64" in line
+
+
+@pytest.mark.parametrize(("value", "want"), [("0", 0), ("1", 1), (" 4 ", 4), ("64", 64)])
+def test_screening_processes_from_the_environment(value: str, want: int) -> None:
+    assert settings_from_env({"FRWATCH_SCREENING_PROCESSES": value}).screening_processes == want
+    assert settings_from_env({}).screening_processes == 1
+    flag = settings_from_env({}, {"screening_processes": value}).screening_processes
+    assert flag == want
