@@ -187,11 +187,14 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
     async def ingest_screened(stream: Any, pool: ScreeningPool) -> None:
         """Screen large messages elsewhere while earlier ones are routed; ack in order.
 
-        Acks are manual (the stream does not ack a message when the next one arrives): a
-        message is acked once it is routed and delivered, always after the ones before it,
-        so an offset commit never passes a message still being screened or routed.
+        The stream acks each message when the next one is asked for. A message handed to the
+        settler holds one more reference (`incref`), which the settler drops once it is
+        routed and delivered: only then is it acked, always after the ones before it, so an
+        offset commit never passes a message still being screened or routed. A small
+        message with nothing ahead of it is routed right here, acked by the stream alone.
         """
         limit = IN_FLIGHT_BYTES_PER_PROCESS * len(pool.members)
+        sensors = app.sensors
         in_flight: collections.deque[tuple[Any, asyncio.Future[Screened] | None, int]] = (
             collections.deque()
         )
@@ -208,7 +211,8 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
                     event, screening, at_ms = in_flight[0]
                     msg = event.message
                     await ingest_one(msg, screening, at_ms)
-                    await stream.ack(event)
+                    if event.ack():  # the last reference: the message may be committed
+                        sensors.on_message_out(msg.tp, msg.offset, msg)
                     in_flight.popleft()
                     held[0] -= len(msg.value) if msg.value is not None else 0
                     room.set()
@@ -224,13 +228,13 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
                 if not in_flight and (value is None or len(value) < SCREEN_ELSEWHERE_BYTES):
                     # nothing ahead of it: routed right here, as without screening processes
                     await ingest_one(msg, None, at_ms)
-                    await stream.ack(event)
                     continue
                 screening: asyncio.Future[Screened] | None = None
                 if value is not None and len(value) >= SCREEN_ELSEWHERE_BYTES:
                     # none left running: screened here when its turn comes
                     with contextlib.suppress(ScreeningUnavailable):
                         screening = pool.submit(value, at_ms)
+                msg.incref()  # the settler's reference
                 in_flight.append((event, screening, at_ms))
                 held[0] += len(value) if value is not None else 0
                 arrived.set()
@@ -259,7 +263,7 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
                 await ingest_one(event.message, None, now_ms())
             return
         try:
-            await ingest_screened(stream.noack(), pool)
+            await ingest_screened(stream, pool)
         finally:
             await pool.stop()
 

@@ -237,6 +237,56 @@ def test_killed_screening_processes_lose_and_repeat_nothing(
     print(f"\nscreening kill test: messages sent again after each kill: {resent}")
 
 
+def test_a_crash_with_batches_waiting_for_screening_loses_no_alert(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    """The worker is killed while the whole archive waits for its (stopped) screening process,
+    for longer than Faust's commit interval (2.8 s): no offset of a waiting batch may have
+    been committed, so the next worker routes them all and every alert comes."""
+    env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path, hours=12)
+    expected, summary = replay_alerts(events, accounts, env)
+    want = {a["alert_id"] for a in expected}
+    first = Worker(env, tmp_path / "w1").start()
+    stopped: list[int] = []
+    try:
+        wait_for(lambda: _serving(first, stopped), 60, "a screening process", first)
+        stopped.extend(_serving(first, stopped))
+        os.kill(stopped[0], signal.SIGSTOP)
+        frwatch(["publish", "--batch", "50", str(events)], env)
+        time.sleep(8.0)  # two commit intervals and more, with the batches in flight
+        counted = first.records_counted()
+        assert counted < summary["events"] // 2, "the batches wait for the stopped process"
+    finally:
+        first.kill(signal.SIGKILL)
+        for pid in stopped:
+            os.kill(pid, signal.SIGKILL)
+    assert not set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want
+    second = Worker(env, tmp_path / "w2").start()
+    try:
+        # the dead member's partitions move only when its session times out (about 60 s)
+        stalls = wait_restarting_stalled(
+            lambda: set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want,
+            300,
+            "the complete alert set after the crash",
+            [second],
+            stall_s=100.0,
+        )
+        wait_for(
+            lambda: second.records_counted() >= summary["events"] - counted,
+            60,
+            "every record the first worker had not counted",
+            second,
+        )
+        final = alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])
+    finally:
+        second.stop()
+    assert set(final) == want
+    print(
+        f"\nscreening crash test: {counted} of {summary['events']} records counted before the "
+        f"kill, {stalls} stalled worker(s) restarted"
+    )
+
+
 def test_malformed_and_rejected_input_goes_to_the_dlq(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
