@@ -218,6 +218,7 @@ async def _latency(s: Settings, rate: float, seconds: float, batch: int, say: Sa
 
 
 RSS_MARKS = (100_000, 1_000_000)  # the worker's RSS is read once it has counted these
+RSS_READINGS = 5  # at each mark, and at the end: the lowest is reported
 STALL_S = 120.0  # no new count for this long: the worker is stuck, the bench gives up
 
 
@@ -227,14 +228,16 @@ def _watch_worker(
     """Poll the worker's record count until it has counted `n_events`.
 
     Returns the (time, count) samples read while it ran and its RSS (MiB, its screening
-    processes included) at the first poll at or past each of RSS_MARKS that the run reaches,
-    and once it has counted every event. Readings taken mid-run include the input in flight
-    (fetch buffers, messages being screened), which swings by tens of MiB from poll to poll;
-    the last reading, taken when the input is drained, does not.
+    processes included) from each of RSS_MARKS that the run reaches on, and once it has
+    counted every event: the lowest of RSS_READINGS readings 0.1 s apart (fewer when the run
+    ends first). Mid-run, the input in flight (fetch buffers, messages being screened)
+    swings RSS by tens of MiB from one poll to the next; the lowest reading is the closest
+    to what the worker keeps, and the readings at the end, with the input drained, hold none.
     """
     samples: list[tuple[float, float]] = []
     rss: dict[int, float] = {}
     marks = [m for m in RSS_MARKS if m < n_events]
+    readings: dict[int, list[float]] = {}  # by mark: RSS at the polls from that mark on
     last_n, last_change = 0.0, time.monotonic()
     next_report = time.monotonic() + 5
     while True:
@@ -245,9 +248,19 @@ def _watch_worker(
         if n > 0:
             samples.append((now, n))
         while marks and n >= marks[0]:
-            rss[marks.pop(0)] = _rss_mib(worker.pid)
+            readings[marks.pop(0)] = []
+        for mark, got in readings.items():
+            if mark not in rss:
+                got.append(_rss_mib(worker.pid))
+                if len(got) == RSS_READINGS:
+                    rss[mark] = min(got)
         if n >= n_events:
-            rss[n_events] = _rss_mib(worker.pid)
+            rss.update((mark, min(got)) for mark, got in readings.items() if mark not in rss)
+            drained = []
+            for _ in range(RSS_READINGS):
+                drained.append(_rss_mib(worker.pid))
+                time.sleep(0.1)
+            rss[n_events] = min(drained)
             return samples, rss
         if n != last_n:
             last_n, last_change = n, time.monotonic()

@@ -110,3 +110,19 @@ def test_rss_report_reads_as_a_sentence() -> None:
         "80.0 MiB after 100,000 events, 84.0 MiB after 1,000,000 events (+5.0%)"
     )
     assert _rss_report({20_000: 71.3}) == "71.3 MiB after 20,000 events"
+
+
+def test_rss_at_a_mark_is_the_lowest_of_the_readings_from_it_on(
+    endpoint: tuple[int, _Counts], sleeper: subprocess.Popen[bytes], monkeypatch: Any
+) -> None:
+    """Input in flight swings RSS from poll to poll: each mark takes RSS_READINGS readings."""
+    port, counts = endpoint
+    monkeypatch.setattr(bench_live, "RSS_MARKS", (300, 1_000))
+    monkeypatch.setattr(bench_live, "RSS_READINGS", 3)
+    readings = iter([90.0, 70.0, 80.0, 95.0, 60.0, 66.0, 64.0, 65.0])
+    monkeypatch.setattr(bench_live, "_rss_mib", lambda pid: next(readings))
+    # the 300 mark: polls at 350, 400, 450; the 1,000 mark: 1,200 only (the run ends at
+    # 2,000, before its three readings); the end: three more, after the last poll
+    counts.values = [350.0, 400.0, 450.0, 1_200.0, 2_000.0]
+    _, rss = _watch_worker(sleeper, port, 2_000, lambda _: None)
+    assert rss == {300: 70.0, 1_000: 60.0, 2_000: 64.0}
