@@ -135,6 +135,27 @@ def test_kcat_reads_alerts_as_an_analyst_would(
         assert doc["schema"] == "frwatch.alert/v1" and doc["alert_id"] == key
 
 
+def _second_worker_completes(
+    kafka_bootstrap: str, env: dict[str, str], tmp_path: Path, want: set[str], what: str
+) -> tuple[Worker, int]:
+    """After a SIGKILL: a second worker, once every wanted alert is on the topic (the caller
+    stops it), and how many times it had to be restarted for that."""
+    second = Worker(env, tmp_path / "w2").start()
+    try:
+        # the dead member's partitions move only when its session times out (about 60 s)
+        stalls = wait_restarting_stalled(
+            lambda: set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want,
+            300,
+            what,
+            [second],
+            stall_s=100.0,
+        )
+    except BaseException:
+        second.stop()
+        raise
+    return second, stalls
+
+
 def test_crash_repeats_but_never_loses_alerts(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
@@ -152,16 +173,10 @@ def test_crash_repeats_but_never_loses_alerts(
     first.kill(signal.SIGKILL)
     partial = alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])
     assert 0 < len(set(partial)) < len(want), "the kill must land mid-archive"
-    second = Worker(env, tmp_path / "w2").start()
+    second, stalls = _second_worker_completes(
+        kafka_bootstrap, env, tmp_path, want, "the complete alert set after restart"
+    )
     try:
-        # the dead member's partitions move only when its session times out (about 60 s)
-        stalls = wait_restarting_stalled(
-            lambda: set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want,
-            300,
-            "the complete alert set after restart",
-            [second],
-            stall_s=100.0,
-        )
         time.sleep(2.0)
         final = alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])
     finally:
@@ -261,16 +276,10 @@ def test_a_crash_with_batches_waiting_for_screening_loses_no_alert(
         for pid in stopped:
             os.kill(pid, signal.SIGKILL)
     assert not set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want
-    second = Worker(env, tmp_path / "w2").start()
+    second, stalls = _second_worker_completes(
+        kafka_bootstrap, env, tmp_path, want, "the complete alert set after the crash"
+    )
     try:
-        # the dead member's partitions move only when its session times out (about 60 s)
-        stalls = wait_restarting_stalled(
-            lambda: set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want,
-            300,
-            "the complete alert set after the crash",
-            [second],
-            stall_s=100.0,
-        )
         wait_for(
             lambda: second.records_counted() >= summary["events"] - counted,
             60,
