@@ -9,9 +9,9 @@ api.accounts --account-audit--> frwatch.dlq (rejected records only)
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import logging
+import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +26,7 @@ from streams.app.account_feed import AccountFeed
 from streams.app.codecs import RawBytes
 from streams.app.detection import DetectStage
 from streams.app.fastpath import FrwatchApp
+from streams.app.in_order import SettlerStopped, ingest_in_order
 from streams.app.metrics import FAUST_PREFIX, DetectorMetrics
 from streams.app.publisher import AlertPublisher
 from streams.app.routing import Routed, Router, Screened
@@ -184,69 +185,6 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
             return
         metrics.count_routed(routed)
 
-    async def ingest_screened(stream: Any, pool: ScreeningPool) -> None:
-        """Screen large messages elsewhere while earlier ones are routed; ack in order.
-
-        The stream acks each message when the next one is asked for. A message handed to the
-        settler holds one more reference (`incref`), which the settler drops once it is
-        routed and delivered: only then is it acked, always after the ones before it, so an
-        offset commit never passes a message still being screened or routed. A small
-        message with nothing ahead of it is routed right here, acked by the stream alone.
-        """
-        limit = IN_FLIGHT_BYTES_PER_PROCESS * len(pool.members)
-        sensors = app.sensors
-        in_flight: collections.deque[tuple[Any, asyncio.Future[Screened] | None, int]] = (
-            collections.deque()
-        )
-        held = [0]  # bytes of the messages in in_flight
-        arrived = asyncio.Event()  # in_flight has a message for the settler
-        room = asyncio.Event()  # in_flight is below its limit, or the settler stopped
-
-        async def settle() -> None:
-            try:
-                while True:
-                    while not in_flight:
-                        arrived.clear()
-                        await arrived.wait()
-                    event, screening, at_ms = in_flight[0]
-                    msg = event.message
-                    await ingest_one(msg, screening, at_ms)
-                    if event.ack():  # the last reference: the message may be committed
-                        sensors.on_message_out(msg.tp, msg.offset, msg)
-                    in_flight.popleft()
-                    held[0] -= len(msg.value) if msg.value is not None else 0
-                    room.set()
-            finally:
-                room.set()
-
-        settler = asyncio.ensure_future(settle())
-        try:
-            async for event in stream.events():
-                msg = event.message
-                at_ms = now_ms()
-                value = msg.value
-                if not in_flight and (value is None or len(value) < SCREEN_ELSEWHERE_BYTES):
-                    # nothing ahead of it: routed right here, as without screening processes
-                    await ingest_one(msg, None, at_ms)
-                    continue
-                screening: asyncio.Future[Screened] | None = None
-                if value is not None and len(value) >= SCREEN_ELSEWHERE_BYTES:
-                    # none left running: screened here when its turn comes
-                    with contextlib.suppress(ScreeningUnavailable):
-                        screening = pool.submit(value, at_ms)
-                msg.incref()  # the settler's reference
-                in_flight.append((event, screening, at_ms))
-                held[0] += len(value) if value is not None else 0
-                arrived.set()
-                while held[0] >= limit and not settler.done():
-                    room.clear()
-                    await room.wait()
-                if settler.done():
-                    settler.result()  # its exception, if it had one
-                    raise RuntimeError("the ingest settler stopped")
-        finally:
-            settler.cancel()
-
     @app.agent(requests_topic, name="ingest")
     async def ingest(stream: Any) -> None:
         await feed.ready.wait()
@@ -262,8 +200,28 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
             async for event in stream.events():
                 await ingest_one(event.message, None, now_ms())
             return
+        sensors = app.sensors
+
+        def settler_stopped(exc: BaseException) -> None:
+            # Faust would restart the agent, and acks of later messages could let a commit
+            # pass the ones in flight (faust-streaming #606): the worker stops instead, and
+            # they are processed again after its restart
+            log.critical("ingest stopped with messages in flight; stopping the worker: %r", exc)
+            os.kill(os.getpid(), signal.SIGTERM)
+
         try:
-            await ingest_screened(stream, pool)
+            await ingest_in_order(
+                stream.events(),
+                pool.submit,
+                ingest_one,
+                lambda msg: sensors.on_message_out(msg.tp, msg.offset, msg),
+                settler_stopped,
+                now_ms,
+                IN_FLIGHT_BYTES_PER_PROCESS * len(pool.members),
+                SCREEN_ELSEWHERE_BYTES,
+            )
+        except SettlerStopped:
+            await asyncio.Event().wait()  # take nothing more until the shutdown cancels this
         finally:
             await pool.stop()
 
