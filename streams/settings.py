@@ -85,6 +85,12 @@ def _validated(raw: Mapping[str, str]) -> Settings:
     def env_name(field: str) -> str:
         return next(e for f, e, _, _ in SETTINGS if f == field)
 
+    def bounded(field: str, low: int, high: int) -> int:
+        text = raw[field].strip()
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise SettingsError(f"{env_name(field)}: {text!r} is not {low}..{high}")
+        return int(text)
+
     broker = raw["broker"].strip()
     hosts = []
     for part in broker.split(","):
@@ -98,12 +104,8 @@ def _validated(raw: Mapping[str, str]) -> Settings:
     port_text = raw["web_port"].strip()
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise SettingsError(f"{env_name('web_port')}: {port_text!r} is not a port number")
-    parts_text = raw["partitions"].strip()
-    if not parts_text.isdigit() or not 1 <= int(parts_text) <= 1024:
-        raise SettingsError(f"{env_name('partitions')}: {parts_text!r} is not 1..1024")
-    screening_text = raw.get("screening_processes", "1").strip()
-    if not screening_text.isdigit() or not 0 <= int(screening_text) <= 64:
-        raise SettingsError(f"{env_name('screening_processes')}: {screening_text!r} is not 0..64")
+    partitions = bounded("partitions", 1, 1024)
+    screening_processes = bounded("screening_processes", 0, 64)
     for f in ("app_id", "topic_requests", "topic_accounts", "topic_alerts", "topic_dlq"):
         if not raw[f].strip():
             raise SettingsError(f"{env_name(f)} must not be empty")
@@ -120,8 +122,8 @@ def _validated(raw: Mapping[str, str]) -> Settings:
         topic_dlq=raw["topic_dlq"].strip(),
         rules=raw["rules"].strip() or None,
         store=raw["store"].strip(),
-        partitions=int(parts_text),
-        screening_processes=int(screening_text),
+        partitions=partitions,
+        screening_processes=screening_processes,
     )
 
 

@@ -48,8 +48,8 @@ FETCH_BYTES = 4 << 20  # per partition and fetch
 SCREEN_ELSEWHERE_BYTES = 4096
 # bytes of messages screened or being screened elsewhere and not yet routed, per screening
 # process: enough queued work for the process to go on while the worker's threads hold the
-# GIL for milliseconds (8 messages of 100 records: 0.28 of the raw consume rate, 32: 0.38,
-# 128 with 4 MiB socket buffers: 0.41; docs/performance.md)
+# GIL for milliseconds (3M records in batches of 100, records/s: 8 messages 272-373k, 32
+# messages 378-379k, 1 MiB 394-401k, 2 MiB 409-417k, 4 MiB 451k; docs/performance.md, 10)
 IN_FLIGHT_BYTES_PER_PROCESS = 4 << 20
 
 

@@ -224,7 +224,10 @@ class ScreeningProcess:
                 try:
                     await self._restart(exc)
                 except ScreeningUnavailable as why:
-                    log.error("%s: %s; the worker screens in its own process", self.name, why)
+                    # `why` names the process already
+                    log.error(
+                        "%s; closed: its messages go to the others or stay in the worker", why
+                    )
                     self._close(why)
                     return
                 continue

@@ -152,7 +152,7 @@ def test_a_message_that_screening_raises_on_fails_and_the_process_goes_on() -> N
     run(main)
 
 
-def test_a_process_with_other_rules_is_refused(tmp_path: Path) -> None:
+def test_a_process_with_other_rules_is_refused() -> None:
     async def main() -> None:
         pool = ScreeningPool(1, None, "0" * 64)
         with pytest.raises(ScreeningUnavailable, match="other rules"):
