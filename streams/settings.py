@@ -41,6 +41,13 @@ SETTINGS: tuple[tuple[str, str, str, str], ...] = (
         "1",
         "helper processes that decode and validate input beside the worker (0: none)",
     ),
+    (
+        "idle_after",
+        "FRWATCH_IDLE_AFTER",
+        "300",
+        "seconds without input after which a requests partition stops holding the"
+        " retention clock back (SPEC 4.1)",
+    ),
 )
 
 
@@ -60,6 +67,12 @@ class Settings:
     store: str
     partitions: int
     screening_processes: int
+    idle_after: int = 300
+
+    @property
+    def idle_after_ms(self) -> int:
+        """`idle_after` in milliseconds."""
+        return self.idle_after * 1000
 
     @property
     def bootstrap_servers(self) -> list[str]:
@@ -106,6 +119,7 @@ def _validated(raw: Mapping[str, str]) -> Settings:
         raise SettingsError(f"{env_name('web_port')}: {port_text!r} is not a port number")
     partitions = bounded("partitions", 1, 1024)
     screening_processes = bounded("screening_processes", 0, 64)
+    idle_after = bounded("idle_after", 1, 86_400)
     for f in ("app_id", "topic_requests", "topic_accounts", "topic_alerts", "topic_dlq"):
         if not raw[f].strip():
             raise SettingsError(f"{env_name(f)} must not be empty")
@@ -124,6 +138,7 @@ def _validated(raw: Mapping[str, str]) -> Settings:
         store=raw["store"].strip(),
         partitions=partitions,
         screening_processes=screening_processes,
+        idle_after=idle_after,
     )
 
 

@@ -61,7 +61,7 @@ class TableWindowStore:
 
     def entries_by_rule(self) -> dict[str, int]:
         """Number of states held per rule id."""
-        return dict(Counter(k.split("|", 1)[0] for k in list(self.table.keys())))
+        return dict(Counter(k.split("|", 1)[0] for k in list(self.table.keys()) if k[:1] != "~"))
 
 
 @dataclass(slots=True)
@@ -76,8 +76,43 @@ class Detected:
     error: int = 0
 
 
+#: table key prefix of a detect partition's retention clock ("~" starts no rule id)
+CLOCK_KEY = "~clock|"
+
+
+def clock_key(partition: int) -> str:
+    """Table key under which a detect partition keeps its retention clock."""
+    return f"{CLOCK_KEY}{partition}"
+
+
+def watermark_message(inputs: int, marks: list[tuple[int, int, bool]]) -> bytes:
+    """A stage-2 watermark record: per input partition, its highest valid event time and
+    whether it is idle (SPEC 4.1); `inputs` is the number of input partitions."""
+    return orjson.dumps({"v": 1, "n": inputs, "wm": [[p, wm, idle] for p, wm, idle in marks]})
+
+
+def low_watermark(inputs: int, marks: dict[int, tuple[int, bool]]) -> int | None:
+    """The lowest event time over the input partitions that are not idle.
+
+    None while some partition has not reported yet: nothing may be dropped that it may
+    still need. When every partition is idle, everything was read: the highest mark.
+    """
+    if inputs <= 0 or any(p not in marks for p in range(inputs)):
+        return None
+    busy = [wm for p, (wm, idle) in marks.items() if p < inputs and not idle]
+    if busy:
+        return min(busy)
+    return max(wm for p, (wm, _) in marks.items() if p < inputs)
+
+
 class DetectStage:
-    """Runs the account-scoped and org-scoped rules on routed items."""
+    """Runs the account-scoped and org-scoped rules on routed items.
+
+    Each detect partition has its own retention clock: the low watermark of the input
+    partitions (SPEC 4.1), learnt from the watermark records that every ingest sends to every
+    detect partition after the forwards they cover. It never moves back and is kept in the
+    table (`clock_key`), so it survives restarts and rebalances.
+    """
 
     def __init__(self, rules: RuleSet, table: MutableMapping[str, Any], partitions: int) -> None:
         self.store = TableWindowStore(table)
@@ -86,19 +121,45 @@ class DetectStage:
             "a": Detector(rules, self.store, "account_id"),
             "o": Detector(rules, self.store, "org_id"),
         }
-        self.watermarks: dict[int, int] = {}
+        self.clocks: dict[int, int] = {}  # detect partition -> retention clock (event ms)
+        self.marks: dict[int, dict[int, tuple[int, bool]]] = {}  # detect p -> input p -> mark
         self._ends: dict[int, list[tuple[int, str]]] = {}  # partition -> heap of (end, key)
+
+    @staticmethod
+    def is_watermark(value: bytes) -> bool:
+        """Whether a stage-2 message is a watermark record (not routed items)."""
+        return value.startswith(b'{"v":')
+
+    def clock(self, partition: int) -> int:
+        """The retention clock of a detect partition (0 before anything is known)."""
+        clock = self.clocks.get(partition)
+        if clock is None:
+            stored = self.store.table.get(clock_key(partition))
+            clock = stored["clock"] if isinstance(stored, dict) and "clock" in stored else 0
+            self.clocks[partition] = clock
+        return clock
+
+    def report(self, partition: int, value: bytes) -> bool:
+        """Apply a watermark record; True when the partition's clock moved (and was stored)."""
+        msg = orjson.loads(value)
+        marks = self.marks.setdefault(partition, {})
+        for p, wm, idle in msg["wm"]:
+            marks[int(p)] = (int(wm), bool(idle))
+        low = low_watermark(int(msg["n"]), marks)
+        if low is None or low <= self.clock(partition):
+            return False
+        self.clocks[partition] = low
+        self.store.table[clock_key(partition)] = {"clock": low}
+        return True
 
     def observe(self, value: bytes, topic: str, partition: int, offset: int) -> Detected:
         """Every item of one stage-2 message."""
         out = Detected()
-        wm = self.watermarks.get(partition, 0)
         for item in orjson.loads(value)["items"]:
             try:
                 ev = parse_request_record(item["e"])
                 if not isinstance(ev, RequestEvent):
                     raise ValueError(f"routed event failed validation: {ev}")
-                wm = max(wm, ev.ts_ms)
                 account = AccountRecord.from_wire(item["a"]) if item["a"] is not None else None
                 obs = self.detectors[item["s"]].observe(EnrichedEvent(ev, account))
             except Exception as exc:  # a deterministic bug: dead-letter, count, go on
@@ -120,19 +181,25 @@ class DetectStage:
                 else:
                     out.processed += 1
             out.alerts.extend((a, item["k"]) for a in obs.alerts)
-        self.watermarks[partition] = wm
         return out
 
     def forget_partitions(self) -> None:
-        """After a rebalance: rebuild the expiry index from the table when next needed."""
+        """After a rebalance: rebuild the expiry index and clocks from the table when needed."""
         self._ends.clear()
+        self.clocks.clear()
+        self.marks.clear()
 
     def _index(self, partition: int) -> list[tuple[int, str]]:
         heap = self._ends.get(partition)
         if heap is None:  # first use since start or rebalance: index what the table holds
             heap = []
             for key in list(self.store.table.keys()):
-                _, _, end, gk = split_window_key(key)
+                if not isinstance(key, str) or key.startswith(CLOCK_KEY):
+                    continue
+                try:
+                    _, _, _, end, gk = split_window_key(key)
+                except ValueError:  # a key of an earlier format: never looked up again
+                    continue
                 if destination(gk, self.partitions) == partition:
                     heap.append((end, key))
             heapq.heapify(heap)
@@ -140,20 +207,20 @@ class DetectStage:
         return heap
 
     def expired_keys(self, partition: int) -> list[str]:
-        """Keys of `partition` whose windows event time has left more than 24h behind.
+        """Keys of `partition` whose windows the retention clock has left more than 24h behind.
 
-        Called for every stage-2 message, like replay's expiry after every record: a heap of
-        window ends per partition makes the common case (nothing due) one comparison.
+        Called for every stage-2 message: a heap of window ends per partition makes the
+        common case (nothing due) one comparison.
         """
         for key in self.store.created:
-            _, _, end, gk = split_window_key(key)
+            _, _, _, end, gk = split_window_key(key)
             # a partition without an index yet finds the key in the table when it builds one
             known = self._ends.get(destination(gk, self.partitions))
             if known is not None:
                 heapq.heappush(known, (end, key))
         self.store.created.clear()
         heap = self._index(partition)
-        wm = self.watermarks.get(partition, 0)
+        wm = self.clock(partition)
         out: list[str] = []
         while heap and is_expired(heap[0][0], wm):
             _, key = heapq.heappop(heap)

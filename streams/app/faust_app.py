@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from streams import __version__
 from streams.app.account_feed import AccountFeed
 from streams.app.codecs import RawBytes
-from streams.app.detection import DetectStage
+from streams.app.detection import DetectStage, watermark_message
 from streams.app.fastpath import FrwatchApp
 from streams.app.in_order import SettlerStopped, ingest_in_order
 from streams.app.metrics import FAUST_PREFIX, DetectorMetrics
@@ -51,6 +51,9 @@ SCREEN_ELSEWHERE_BYTES = 4096
 # GIL for milliseconds (3M records in batches of 100, records/s: 8 messages 272-373k, 32
 # messages 378-379k, 1 MiB 394-401k, 2 MiB 409-417k, 4 MiB 451k; docs/performance.md, 10)
 IN_FLIGHT_BYTES_PER_PROCESS = 4 << 20
+# how often every ingest tells every detect partition how far its input partitions have
+# come in event time (SPEC 4.1: the retention clock is their low watermark)
+WATERMARK_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -125,6 +128,9 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
     stage = DetectStage(rules, windows, settings.partitions)
     metrics.watch_window_states(stage.store.entries_by_rule)
     rules_sha = rules.sha256
+    # input partition -> [highest event time of a valid record read, wall ms of the last read]
+    progress: dict[int, list[int]] = {}
+    metrics.watch_retention_clock(lambda: min(stage.clocks.values(), default=0), now_ms)
 
     async def send(topic: Any, **message: Any) -> None:
         # a broker that is down or slow is waited out, never a reason to dead-letter
@@ -182,8 +188,48 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
             await deliver(routed, msg.key)
         except Exception as exc:
             await internal_error(msg, exc)
+            mark_read(msg.partition, [], at_ms)
             return
+        # after the forwards were handed to the producer: a watermark record sent later
+        # reaches each detect partition after them
+        mark_read(msg.partition, routed.event_ts_ms, at_ms)
         metrics.count_routed(routed)
+
+    def mark_read(partition: int, event_ts_ms: list[int], at_ms: int) -> None:
+        mark = progress.get(partition)
+        if mark is None:
+            mark = progress[partition] = [-1, at_ms]
+        if event_ts_ms:
+            mark[0] = max(mark[0], max(event_ts_ms))
+        mark[1] = at_ms
+
+    @app.timer(WATERMARK_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def broadcast_watermarks() -> None:
+        consumer = app.consumer
+        assigned = sorted(
+            tp.partition for tp in consumer.assignment() if tp.topic == settings.topic_requests
+        )
+        inputs = consumer.topic_partitions(settings.topic_requests)
+        if not assigned or not inputs:
+            return
+        now = now_ms()
+        marks = []
+        for p in assigned:
+            mark = progress.get(p)
+            if mark is None:  # assigned, nothing read yet: idle only after idle_after
+                mark = progress[p] = [-1, now]
+            marks.append((p, mark[0], now - mark[1] >= settings.idle_after_ms))
+        value = watermark_message(inputs, marks)
+        for dest in range(settings.partitions):
+            await send(detect_topic, value=value, partition=dest)
+
+    async def track_assignment(app: Any, assigned: Any, *args: Any, **kwargs: Any) -> None:
+        # a partition (re)assigned starts its idle time afresh: its backlog is read soon
+        now = now_ms()
+        for tp in assigned:
+            if tp.topic == settings.topic_requests:
+                mark = progress.setdefault(tp.partition, [-1, now])
+                mark[1] = now
 
     @app.agent(requests_topic, name="ingest")
     async def ingest(stream: Any) -> None:
@@ -229,6 +275,16 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
     async def detect(stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
+            if stage.is_watermark(msg.value):
+                try:
+                    stage.report(msg.partition, msg.value)
+                except Exception as exc:
+                    await internal_error(msg, exc)
+                    continue
+                for key in stage.expired_keys(msg.partition):
+                    if key in windows:
+                        del windows[key]
+                continue
             try:
                 out = stage.observe(msg.value, msg.topic, msg.partition, msg.offset)
                 if out.alerts:
@@ -258,8 +314,9 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
                 if key in windows:
                     del windows[key]
 
-    async def reindex_windows(app: Any, *args: Any, **kwargs: Any) -> None:
+    async def reindex_windows(app: Any, assigned: Any, *args: Any, **kwargs: Any) -> None:
         stage.forget_partitions()
+        await track_assignment(app, assigned)
 
     app.on_partitions_assigned.connect(reindex_windows)  # type: ignore[arg-type]
 

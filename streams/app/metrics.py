@@ -83,7 +83,21 @@ class DetectorMetrics(Collector):
         self.accounts_loaded = Gauge(
             "frwatch_accounts_loaded", "accounts currently known", registry=registry
         )
+        self.watermark_lag = Gauge(
+            "frwatch_watermark_lag_seconds",
+            "wall clock minus the retention clock (the low watermark of the input, SPEC 4.1)",
+            registry=registry,
+        )
         registry.register(self)
+
+    def watch_retention_clock(self, clock_ms: Callable[[], int], now_ms: Callable[[], int]) -> None:
+        """Serve `frwatch_watermark_lag_seconds` at scrape time (0 until a clock is known)."""
+
+        def lag() -> float:
+            clock = clock_ms()
+            return max(0.0, (now_ms() - clock) / 1000) if clock > 0 else 0.0
+
+        self.watermark_lag.set_function(lag)
 
     def watch_window_states(self, source: Callable[[], dict[str, int]]) -> None:
         """Serve `frwatch_window_state_entries` from `source` at scrape time."""

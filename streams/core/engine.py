@@ -180,7 +180,7 @@ class Detector:
         """Count the event in the rule's window; True when the window recognised a redelivery."""
         e = ee.event
         start = window_start(e.ts_ms, rule.window_ms)
-        key = window_key(rule.id, start, start + rule.window_ms, gk)
+        key = window_key(rule.id, rule.state_version, start, start + rule.window_ms, gk)
         st = self.store.get(key)
         if st is None:
             st = WindowState(len(rule.requires))

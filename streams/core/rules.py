@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -100,6 +101,15 @@ class Rule:
     kinds: frozenset[str] | None = None
     operations: frozenset[str] | None = None
     intent_labels: frozenset[str | None] | None = None
+    #: sha256 of the canonical detection definition (SPEC 4.3): match, group_by, window and
+    #: requires with named conditions and lists expanded; title, clause, severity, tags and
+    #: enabled do not change it
+    version: str = ""
+
+    @property
+    def state_version(self) -> str:
+        """The prefix of `version` that window state keys carry."""
+        return self.version[:16]
 
     @property
     def distinct_requirement(self) -> Requirement | None:
@@ -220,6 +230,41 @@ def necessary_sets(
     return {}
 
 
+def _canonical(
+    node: Any, lists: Mapping[str, tuple[Any, ...]], named_raw: Mapping[str, Any]
+) -> Any:
+    """A condition with `ref`s and list names replaced by what they stand for."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            if k == "ref" and isinstance(v, str) and v in named_raw:
+                return _canonical(named_raw[v], lists, named_raw)
+            if k in ("in", "not_in") and isinstance(v, str) and v in lists:
+                v = list(lists[v])
+            out[str(k)] = _canonical(v, lists, named_raw)
+        return out
+    if isinstance(node, list | tuple):
+        return [_canonical(v, lists, named_raw) for v in node]
+    return node
+
+
+def rule_version(
+    node: Mapping[str, Any],
+    window_ms: int,
+    lists: Mapping[str, tuple[Any, ...]],
+    named_raw: Mapping[str, Any],
+) -> str:
+    """sha256 of a rule's canonical detection definition (SPEC 4.3)."""
+    definition = {
+        "match": _canonical(node["match"], lists, named_raw),
+        "group_by": node["group_by"],
+        "window_ms": window_ms,
+        "requires": _canonical(node["requires"], lists, named_raw),
+    }
+    text = json.dumps(definition, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _rule(
     node: object,
     idx: int,
@@ -280,6 +325,7 @@ def _rule(
         kinds=gates.get("fr_kind"),
         operations=gates.get("operation"),
         intent_labels=gates.get("intent.label"),
+        version=rule_version(node, window_ms, lists, named_raw),
     )
 
 

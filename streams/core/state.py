@@ -9,15 +9,23 @@ from typing import Any, Protocol
 from streams.core.windows import is_expired
 
 
-def window_key(rule_id: str, start_ms: int, end_ms: int, group_key: str) -> str:
-    """Store key; the group key goes last because it may contain any character."""
-    return f"{rule_id}|{start_ms}|{end_ms}|{group_key}"
+def window_key(rule_id: str, version: str, start_ms: int, end_ms: int, group_key: str) -> str:
+    """Store key: rule, the rule's state version (SPEC 4.3), window, group.
+
+    The group key goes last because it may contain any character. A rule whose version
+    changes looks up other keys, so its windows start afresh and never meet state counted
+    under another definition.
+    """
+    return f"{rule_id}|{version}|{start_ms}|{end_ms}|{group_key}"
 
 
-def split_window_key(key: str) -> tuple[str, int, int, str]:
-    """Inverse of `window_key`."""
-    rule_id, start, end, group = key.split("|", 3)
-    return rule_id, int(start), int(end), group
+def split_window_key(key: str) -> tuple[str, str, int, int, str]:
+    """Inverse of `window_key`; ValueError for a key of another shape."""
+    rule_id, version, start, end, group = key.split("|", 4)
+    return rule_id, version, int(start), int(end), group
+
+
+_WIRE_KEYS = frozenset("fnicds")
 
 
 class WindowState:
@@ -45,8 +53,20 @@ class WindowState:
         }
 
     @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> WindowState:
-        """Inverse of `to_wire`."""
+    def from_wire(cls, d: Any, n_requirements: int | None = None) -> WindowState | None:
+        """Inverse of `to_wire`; None for a value of another shape (it is then ignored).
+
+        With `n_requirements`, a value counted for a different number of requirements is
+        also None: state never meets a rule definition it was not counted under.
+        """
+        if not isinstance(d, dict) or not d.keys() >= _WIRE_KEYS:
+            return None
+        if not isinstance(d["c"], list) or not isinstance(d["d"], list):
+            return None
+        if len(d["c"]) != len(d["d"]) or (
+            n_requirements is not None and len(d["c"]) != n_requirements
+        ):
+            return None
         st = cls(len(d["c"]))
         st.fired, st.count, st.ids, st.req_counts = d["f"], d["n"], d["i"], d["c"]
         st.distinct, st.samples = d["d"], d["s"]
@@ -83,7 +103,7 @@ class MemoryWindowStore:
     def put(self, key: str, state: WindowState) -> None:
         """Store a state; a new key is scheduled for expiry."""
         if key not in self._states:
-            heapq.heappush(self._ends, (split_window_key(key)[2], key))
+            heapq.heappush(self._ends, (split_window_key(key)[3], key))
         self._states[key] = state
 
     def expire(self, watermark_ms: int) -> int:

@@ -13,12 +13,12 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.app.detection import DetectStage, TableWindowStore
+from streams.app.detection import DetectStage, TableWindowStore, watermark_message
 from streams.app.routing import Router, destination
 from streams.core.classify import EnrichedEvent
 from streams.core.engine import Detector
-from streams.core.rules import RuleSet, load_rules, parse_rules
-from streams.core.state import MemoryWindowStore, WindowState, split_window_key
+from streams.core.rules import RuleSet, builtin_rules_bytes, load_rules, parse_rules
+from streams.core.state import MemoryWindowStore, WindowState, split_window_key, window_key
 from streams.core.windows import RETENTION_MS
 from streams.synthetic import (
     DEFAULT_START_MS,
@@ -51,6 +51,7 @@ class Pipeline:
         self.table: dict[str, Any] = {}
         self.stage = DetectStage(rules, self.table, PARTITIONS)
         self.flush = flush
+        self.high_ms = 0
         self.offsets: Counter[int] = Counter()
         self.alerts: list[Alert] = []
         self.processed = self.duplicate = self.error = 0
@@ -60,6 +61,7 @@ class Pipeline:
         """The stage-2 messages one input message turns into, by destination partition."""
         routed = self.router.route(orjson.dumps(record), "api.requests", 0, 0, kafka_ts_ms, NOW)
         self.processed += routed.processed
+        self.high_ms = max([self.high_ms, *routed.event_ts_ms])
         return {p: orjson.dumps({"items": its}) for p, its in routed.forwards.items()}
 
     def detect(self, partition: int, value: bytes) -> Any:
@@ -75,7 +77,16 @@ class Pipeline:
         return out
 
     def feed(self, record: Any, kafka_ts_ms: int = 0) -> list[Any]:
-        return [self.detect(p, v) for p, v in self.messages(record, kafka_ts_ms).items()]
+        out = [self.detect(p, v) for p, v in self.messages(record, kafka_ts_ms).items()]
+        self.advance(self.high_ms)
+        return out
+
+    def advance(self, ts_ms: int) -> None:
+        """What the ingest of the one input partition tells every detect partition."""
+        self.high_ms = max(self.high_ms, ts_ms)
+        mark = watermark_message(1, [(0, self.high_ms, False)])
+        for p in range(PARTITIONS):
+            self.stage.report(p, mark)
 
 
 class Reference:
@@ -95,6 +106,10 @@ class Reference:
         self.alerts.extend(obs.alerts)
         self.duplicate += obs.duplicate
         self.matches.update(obs.matched)
+
+
+def wkey(rule_id: str, start: int, end: int, group: str) -> str:
+    return window_key(rule_id, RULES.by_id(rule_id).state_version, start, end, group)
 
 
 def ev(
@@ -185,9 +200,15 @@ def test_nothing_reaches_the_table_until_flush() -> None:
     out = pipe.detect(*msg)
     assert [a.rule_id for a, _ in out.alerts] == ["FR-001"]
     assert pipe.table == {}, "a fired window must not be written before its alert is acked"
-    key = f"FR-001|{HOUR0}|{HOUR0 + HOUR_MS}|acct-metro-pd"
+    key = wkey("FR-001", HOUR0, HOUR0 + HOUR_MS, "acct-metro-pd")
     assert list(store.pending) == [key]
-    assert split_window_key(key) == ("FR-001", HOUR0, HOUR0 + HOUR_MS, "acct-metro-pd")
+    assert split_window_key(key) == (
+        "FR-001",
+        RULES.by_id("FR-001").state_version,
+        HOUR0,
+        HOUR0 + HOUR_MS,
+        "acct-metro-pd",
+    )
     store.flush()
     assert store.pending == {}
     assert list(pipe.table) == [key]
@@ -248,7 +269,7 @@ def test_uncounted_items_are_neither_processed_nor_duplicate() -> None:
         out = pipe.detect(org_part, messages[org_part])
         assert (out.processed, out.duplicate) == (0, 0)
         assert out.error == 0 and out.dead_letters == []
-    assert pipe.stage.store.get(f"FR-006|{HOUR0}|{HOUR0 + HOUR_MS}|org-retail") is not None
+    assert pipe.stage.store.get(wkey("FR-006", HOUR0, HOUR0 + HOUR_MS, "org-retail")) is not None
 
 
 ORG_ONLY = b"""
@@ -302,27 +323,27 @@ def test_expired_keys_only_for_the_partition_and_more_than_24h_behind() -> None:
     pipe.feed(ev("x-old", old, "face.verify", ts=HOUR0))
     pipe.feed(ev("x-edge", edge, "face.verify", ts=HOUR0 + HOUR_MS))
     pipe.feed(ev("x-other", other_acct, "face.verify", ts=HOUR0))
-    key_old = f"FR-008|{HOUR0}|{HOUR0 + HOUR_MS}|{old}"
-    key_edge = f"FR-008|{HOUR0 + HOUR_MS}|{HOUR0 + 2 * HOUR_MS}|{edge}"
-    key_other = f"FR-008|{HOUR0}|{HOUR0 + HOUR_MS}|{other_acct}"
+    key_old = wkey("FR-008", HOUR0, HOUR0 + HOUR_MS, f"{old}")
+    key_edge = wkey("FR-008", HOUR0 + HOUR_MS, HOUR0 + 2 * HOUR_MS, f"{edge}")
+    key_other = wkey("FR-008", HOUR0, HOUR0 + HOUR_MS, f"{other_acct}")
     assert {key_old, key_edge, key_other} <= set(pipe.table)
     assert pipe.stage.expired_keys(target) == []
     # the target partition's event time moves to exactly 24h after the edge window's end
     late = _account_on(target, {old, edge})
     wm = HOUR0 + 2 * HOUR_MS + RETENTION_MS
     pipe.feed(ev("x-late", late, "face.verify", ts=wm))
-    assert pipe.stage.watermarks[target] == wm
+    assert pipe.stage.clock(target) == wm
     expired = pipe.stage.expired_keys(target)
     assert len(expired) == len(set(expired)), f"a key is returned twice: {expired}"
     assert expired == [key_old]  # the edge window is exactly 24h behind: kept
     del pipe.table[key_old]  # what the agent does with them
-    # the other partition's old window is not this partition's to drop, and its own
-    # watermark has not moved
-    assert pipe.stage.expired_keys(other) == []
+    # the other partition's old window is not this partition's to drop: it drops it itself
+    # (its clock is the same low watermark of the one input partition)
+    assert pipe.stage.expired_keys(other) == [key_other]
+    del pipe.table[key_other]
     pipe.feed(ev("x-later", late, "face.verify", ts=wm + 1))
     assert pipe.stage.expired_keys(target) == [key_edge]
     assert pipe.stage.expired_keys(other) == []
-    assert key_other in pipe.table
 
 
 def test_expiry_run_like_the_detect_agent_deletes_each_key_once() -> None:
@@ -336,12 +357,15 @@ def test_expiry_run_like_the_detect_agent_deletes_each_key_once() -> None:
                 ev(f"z-{day}-{hour}", acct, "face.verify", ts=ts)
             ).items():
                 pipe.detect(p, value)
+                pipe.advance(ts)
                 for key in pipe.stage.expired_keys(p):
                     del pipe.table[key]  # a KeyError here would stop the live agent
-    wm = pipe.stage.watermarks[0]
-    ends = sorted(split_window_key(k)[2] for k in pipe.table)
+    wm = pipe.stage.clock(0)
+    ends = sorted(split_window_key(k)[3] for k in pipe.table if not k.startswith("~"))
     assert ends and all(wm - end <= RETENTION_MS for end in ends)
-    assert len(pipe.table) == 5  # the windows of the last 24h (+ the one ending 24h ago)
+    assert (
+        len([k for k in pipe.table if not k.startswith("~")]) == 5
+    )  # the windows of the last 24h (+ the one ending 24h ago)
 
 
 def test_expired_keys_of_org_windows_follow_the_org_partition() -> None:
@@ -349,7 +373,7 @@ def test_expired_keys_of_org_windows_follow_the_org_partition() -> None:
     for i in range(3):
         acct = "acct-retail-east" if i % 2 else "acct-retail-west"
         pipe.feed(ev(f"y-{i}", acct, "face.identify", ts=HOUR0, subject_ids=[f"s-{i}"]))
-    org_key = f"FR-006|{HOUR0}|{HOUR0 + HOUR_MS}|org-retail"
+    org_key = wkey("FR-006", HOUR0, HOUR0 + HOUR_MS, "org-retail")
     assert org_key in pipe.table
     org_part = destination("org-retail", PARTITIONS)
     late = _account_on(org_part)
@@ -404,6 +428,73 @@ def test_entries_by_rule_counts_table_states() -> None:
     for e in traffic(hours=1):
         pipe.feed(e)
     by_rule = pipe.stage.store.entries_by_rule()
-    assert sum(by_rule.values()) == len(pipe.table)
+    assert sum(by_rule.values()) == len([k for k in pipe.table if not k.startswith("~")])
     assert set(by_rule) <= {r.id for r in RULES.rules}
     assert by_rule["FR-006"] >= 1 and by_rule["FR-007"] >= 1
+
+
+# --- the retention clock: the low watermark of the input partitions (SPEC 4.1) --------------
+
+
+def test_low_watermark_waits_for_every_partition_and_leaves_out_idle_ones() -> None:
+    from streams.app.detection import low_watermark
+
+    assert low_watermark(3, {0: (500, False), 1: (100, False)}) is None  # 2 never reported
+    assert low_watermark(3, {0: (500, False), 1: (100, False), 2: (900, False)}) == 100
+    assert low_watermark(3, {0: (500, False), 1: (100, True), 2: (900, False)}) == 500
+    assert low_watermark(2, {0: (500, True), 1: (100, True)}) == 500  # all read: the highest
+
+
+def test_a_fast_input_partition_does_not_expire_windows_a_slow_one_still_feeds() -> None:
+    """The round-1 bug: one input partition days ahead dropped the windows of a slower one."""
+    stage = DetectStage(RULES, {}, PARTITIONS)
+    acct = _account_on(1)
+    first = Pipeline()
+    (item,) = first.messages(ev("s-1", acct, "face.verify", ts=HOUR0)).values()
+    stage.observe(item, DETECT_TOPIC, 1, 0)
+    stage.store.flush()
+    # input partition 0 is three days ahead; partition 1 (which feeds acct) is still at HOUR0
+    stage.report(1, watermark_message(2, [(0, HOUR0 + 3 * DAY_MS, False)]))
+    stage.report(1, watermark_message(2, [(1, HOUR0, False)]))
+    assert stage.clock(1) == HOUR0
+    assert stage.expired_keys(1) == []
+    # once partition 1 goes idle, the clock is partition 0's and the window may go
+    stage.report(1, watermark_message(2, [(1, HOUR0, True)]))
+    assert stage.clock(1) == HOUR0 + 3 * DAY_MS
+    assert stage.expired_keys(1) == [wkey("FR-008", HOUR0, HOUR0 + HOUR_MS, acct)]
+
+
+def test_the_clock_never_moves_back_and_survives_a_restart() -> None:
+    table: dict[str, Any] = {}
+    stage = DetectStage(RULES, table, PARTITIONS)
+    assert stage.report(2, watermark_message(1, [(0, 5_000, False)]))
+    assert not stage.report(2, watermark_message(1, [(0, 4_000, False)]))
+    assert stage.clock(2) == 5_000
+    restarted = DetectStage(RULES, table, PARTITIONS)  # the table came back from its changelog
+    assert restarted.clock(2) == 5_000
+    assert not restarted.report(2, watermark_message(1, [(0, 1_000, False)]))
+    assert restarted.clock(2) == 5_000
+    assert restarted.clock(3) == 0
+
+
+def test_state_of_a_changed_rule_is_never_read_and_never_an_error() -> None:
+    """SPEC 4.3: a rule whose definition changed starts its windows afresh."""
+    text = builtin_rules_bytes().decode()
+    changed = parse_rules(text.replace("at_least: 20", "at_least: 3").encode(), "changed.yaml")
+    assert changed.by_id("FR-007").version != RULES.by_id("FR-007").version
+    assert changed.by_id("FR-005").version == RULES.by_id("FR-005").version
+    table: dict[str, Any] = {}
+    before = Pipeline()
+    before.stage = DetectStage(RULES, table, PARTITIONS)
+    acct = "acct-retail-east"
+    for i in range(2):
+        before.feed(ev(f"w-{i}", acct, "person_group.add_face", ts=HOUR0 + i))
+    after = Pipeline(rules=changed)
+    after.stage = DetectStage(changed, table, PARTITIONS)
+    for i in range(2, 5):
+        after.feed(ev(f"w-{i}", acct, "person_group.add_face", ts=HOUR0 + i))
+    after.feed(ev("w-id", acct, "face.identify", ts=HOUR0 + 9))
+    assert after.error == 0
+    # counted afresh: 3 enrolments under the new version (the 2 before do not count)
+    (alert,) = [a for a in after.alerts if a.rule_id == "FR-007"]
+    assert alert.count == 4

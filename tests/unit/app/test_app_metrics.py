@@ -64,6 +64,7 @@ def test_every_spec_metric_is_exposed_with_its_type() -> None:
         "frwatch_alert_latency_seconds": "histogram",
         "frwatch_window_state_entries": "gauge",
         "frwatch_accounts_loaded": "gauge",
+        "frwatch_watermark_lag_seconds": "gauge",
     }
     for line in (
         "# TYPE frwatch_events_total counter",
@@ -341,3 +342,14 @@ def test_event_lag_buckets_match_a_plain_count_for_any_sequence(
     assert value(text, "frwatch_event_lag_seconds_sum") == pytest.approx(
         sum(max(0, lag) for lag in lags) / 1000
     )
+
+
+def test_watermark_lag_is_wall_clock_minus_the_retention_clock() -> None:
+    registry, metrics = fresh()
+    clock = {"ms": 0}
+    metrics.watch_retention_clock(lambda: clock["ms"], lambda: 1_000_000)
+    assert value(scrape(registry), "frwatch_watermark_lag_seconds") == 0.0  # nothing known
+    clock["ms"] = 400_000
+    assert value(scrape(registry), "frwatch_watermark_lag_seconds") == 600.0
+    clock["ms"] = 2_000_000  # a clock ahead of the wall clock is no lag
+    assert value(scrape(registry), "frwatch_watermark_lag_seconds") == 0.0

@@ -59,7 +59,9 @@ class Harness:
 
     def state(self, rule_id: str, group: str, start: int) -> WindowState | None:
         rule = self.detector.rule_set.by_id(rule_id)
-        return self.store.get(window_key(rule_id, start, start + rule.window_ms, group))
+        return self.store.get(
+            window_key(rule_id, rule.state_version, start, start + rule.window_ms, group)
+        )
 
     def fired(self) -> list[tuple[str, str, int]]:
         return [(a.rule_id, a.group_key, a.window_start_ms) for a in self.alerts]

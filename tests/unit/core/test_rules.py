@@ -458,3 +458,34 @@ def test_rule_gates_never_skip_a_rule_that_matches() -> None:
     # FR-005 (LLM vision) has no fr_kind gate, but its intent labels gate it
     fr005 = next(r for r in rules if r.id == "FR-005")
     assert fr005.intent_labels == {"identify_person", "verify_identity"}
+
+
+def test_rule_version_follows_the_detection_definition_only() -> None:
+    """SPEC 4.3: match, group_by, window, requires (lists and refs expanded) make the version."""
+    from streams.core.rules import builtin_rules_bytes
+
+    text = builtin_rules_bytes().decode()
+    base = parse_rules(text.encode(), "a.yaml")
+    versions = {r.id: r.version for r in base.rules}
+    assert all(len(v) == 64 for v in versions.values())
+    assert len(set(versions.values())) == len(versions)
+    cosmetic = parse_rules(
+        text.replace("severity: critical", "severity: low")
+        .replace("tags: [", "tags: [x, ")
+        .encode(),
+        "b.yaml",
+    )
+    assert {r.id: r.version for r in cosmetic.rules} == versions
+    # a list used by FR-004 only: its content is part of FR-004's definition
+    galleries = parse_rules(
+        text.replace(
+            "criminal_galleries: [suspects, inmates, mugshots]",
+            "criminal_galleries: [suspects, inmates]",
+        ).encode(),
+        "c.yaml",
+    )
+    changed = {r.id for r in galleries.rules if r.version != versions[r.id]}
+    assert changed == {"FR-004"}
+    window = parse_rules(text.replace("window: 24h", "window: 12h").encode(), "d.yaml")
+    assert {r.id for r in window.rules if r.version != versions[r.id]} == {"FR-007"}
+    assert base.by_id("FR-007").state_version == versions["FR-007"][:16]
