@@ -19,7 +19,7 @@ from streams.app.routing import destination
 from streams.core.classify import EnrichedEvent
 from streams.core.engine import Detector
 from streams.core.rules import RuleSet
-from streams.core.state import WindowState, split_window_key
+from streams.core.state import ID_CHUNK, WindowState, split_window_key
 from streams.core.windows import is_expired
 from topics.accounts import AccountRecord
 from topics.alerts import Alert
@@ -27,33 +27,85 @@ from topics.dlq import INTERNAL_ERROR, DeadLetter, Rejection
 from topics.requests import RequestEvent, parse_request_record
 
 
+def ids_key(key: str, chunk: int) -> str:
+    """Table key of one chunk of a window's id hashes (the window key last: its group)."""
+    return f"~i|{chunk}|{key}"
+
+
 class TableWindowStore:
-    """WindowStore over a mapping of wire dicts, with a write buffer flushed after acks."""
+    """WindowStore over a mapping, with a write buffer flushed after acks.
+
+    A window is one small value (counts, distinct values up to the thresholds, samples) plus
+    its event-id hashes in chunks of `ID_CHUNK` under `ids_key`: a flush rewrites only the
+    chunks that gained ids, so what a window writes to the changelog grows linearly with the
+    events it counts (SPEC 4.1), where one value holding every id grew quadratically.
+    States read once are kept in memory until their partition is revoked or they expire.
+    """
 
     def __init__(self, table: MutableMapping[str, Any]) -> None:
         self.table = table
         self.pending: dict[str, WindowState] = {}
         self.created: list[str] = []  # keys new since the last `take_created`
+        self._cache: dict[str, WindowState] = {}
+        self._persisted: dict[str, int] = {}  # key -> ids already in the table's chunks
 
     def get(self, key: str) -> WindowState | None:
-        """Buffered state first, then the table."""
-        st = self.pending.get(key)
+        """Buffered or cached state first, then the table."""
+        st = self.pending.get(key) or self._cache.get(key)
         if st is not None:
             return st
         wire = self.table.get(key)
-        return WindowState.from_wire(wire) if wire is not None else None
+        if wire is None:
+            return None
+        st = WindowState.from_wire(wire)
+        if st is None:
+            return None
+        n = wire.get("ic", 0)
+        order: list[int] = []
+        for chunk in range((n + ID_CHUNK - 1) // ID_CHUNK):
+            order.extend(self.table.get(ids_key(key, chunk)) or ())
+        st.id_order = order
+        st.ids = set(order)
+        self._persisted[key] = len(order)
+        self._cache[key] = st
+        return st
 
     def put(self, key: str, state: WindowState) -> None:
         """Buffer a write until `flush`."""
-        if key not in self.pending and key not in self.table:
+        if state.id_order is None:  # a new state: its ids so far, in no particular order
+            state.id_order = list(state.ids)
+        if key not in self.pending and key not in self._cache and key not in self.table:
             self.created.append(key)
         self.pending[key] = state
 
     def flush(self) -> None:
-        """Write buffered states to the table (its changelog)."""
+        """Write buffered states to the table (its changelog): the value and new id chunks."""
         for key, st in self.pending.items():
             self.table[key] = st.to_wire()
+            order = st.id_order or []
+            done = self._persisted.get(key, 0)
+            for chunk in range(done // ID_CHUNK, (len(order) + ID_CHUNK - 1) // ID_CHUNK):
+                self.table[ids_key(key, chunk)] = order[chunk * ID_CHUNK : (chunk + 1) * ID_CHUNK]
+            self._persisted[key] = len(order)
+            self._cache[key] = st
         self.pending.clear()
+
+    def drop(self, key: str) -> None:
+        """Delete a state and its id chunks from the table (tombstones in the changelog)."""
+        wire = self.table.get(key)
+        n = wire.get("ic", 0) if isinstance(wire, dict) else 0
+        for chunk in range((n + ID_CHUNK - 1) // ID_CHUNK):
+            if ids_key(key, chunk) in self.table:
+                del self.table[ids_key(key, chunk)]
+        if key in self.table:
+            del self.table[key]
+        self._cache.pop(key, None)
+        self._persisted.pop(key, None)
+
+    def forget(self) -> None:
+        """After a rebalance: the table is the truth again."""
+        self._cache.clear()
+        self._persisted.clear()
 
     def expire(self, watermark_ms: int) -> int:
         """Not used live: expiry runs per partition (see DetectStage.expired_keys)."""
@@ -186,6 +238,7 @@ class DetectStage:
     def forget_partitions(self) -> None:
         """After a rebalance: rebuild the expiry index and clocks from the table when needed."""
         self._ends.clear()
+        self.store.forget()
         self.clocks.clear()
         self.marks.clear()
 
@@ -194,7 +247,7 @@ class DetectStage:
         if heap is None:  # first use since start or rebalance: index what the table holds
             heap = []
             for key in list(self.store.table.keys()):
-                if not isinstance(key, str) or key.startswith(CLOCK_KEY):
+                if not isinstance(key, str) or key[:1] == "~":
                     continue
                 try:
                     _, _, _, end, gk = split_window_key(key)

@@ -282,8 +282,7 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
                     await internal_error(msg, exc)
                     continue
                 for key in stage.expired_keys(msg.partition):
-                    if key in windows:
-                        del windows[key]
+                    stage.store.drop(key)
                 continue
             try:
                 out = stage.observe(msg.value, msg.topic, msg.partition, msg.offset)
@@ -311,8 +310,7 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
             # expiry writes tombstones to the changelog partition of the current message:
             # only keys of that partition are dropped here
             for key in stage.expired_keys(msg.partition):
-                if key in windows:
-                    del windows[key]
+                stage.store.drop(key)
 
     async def reindex_windows(app: Any, assigned: Any, *args: Any, **kwargs: Any) -> None:
         stage.forget_partitions()

@@ -9,7 +9,7 @@ from typing import Any
 from streams.core.classify import EnrichedEvent
 from streams.core.conditions import FIELDS
 from streams.core.rules import Requirement, Rule, RuleSet
-from streams.core.state import WindowState, WindowStore, window_key
+from streams.core.state import WindowState, WindowStore, id_hash, window_key
 from streams.core.windows import window_start
 from topics.accounts import AccountRecord
 from topics.alerts import ACCOUNT_FIELDS, MAX_SAMPLES, Alert, alert_id
@@ -29,7 +29,7 @@ class Observation:
 
 
 SCOPE_ORDER = ("account_id", "org_id")
-MAX_IDS_PER_WINDOW = 10_000  # beyond this a window stops recognising redeliveries
+MAX_IDS_PER_WINDOW = 100_000  # beyond this a window stops recognising redeliveries (SPEC 4.1)
 
 # returned for the many events that match no rule; never mutated
 NOTHING = Observation()
@@ -182,9 +182,10 @@ class Detector:
         start = window_start(e.ts_ms, rule.window_ms)
         key = window_key(rule.id, rule.state_version, start, start + rule.window_ms, gk)
         st = self.store.get(key)
+        h = id_hash(e.event_id)
         if st is None:
             st = WindowState(len(rule.requires))
-        elif e.event_id in st.ids:
+        elif h in st.ids:
             return True
         obs.matched.append(rule.id)
         if st.fired:
@@ -210,7 +211,9 @@ class Detector:
         # whatever its other fields (a redelivered enrolment re-sent as an identification
         # must not complete FR-007). A window that never fires is bounded by the safety cap.
         if len(st.ids) < MAX_IDS_PER_WINDOW:
-            st.ids.append(e.event_id)
+            st.ids.add(h)
+            if st.id_order is not None:
+                st.id_order.append(h)
         if len(st.samples) < MAX_SAMPLES:
             st.samples.append(evidence_sample(ee))
         if _satisfied(rule, st):

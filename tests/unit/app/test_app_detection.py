@@ -13,12 +13,18 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.app.detection import DetectStage, TableWindowStore, watermark_message
+from streams.app.detection import DetectStage, TableWindowStore, ids_key, watermark_message
 from streams.app.routing import Router, destination
 from streams.core.classify import EnrichedEvent
 from streams.core.engine import Detector
 from streams.core.rules import RuleSet, builtin_rules_bytes, load_rules, parse_rules
-from streams.core.state import MemoryWindowStore, WindowState, split_window_key, window_key
+from streams.core.state import (
+    MemoryWindowStore,
+    WindowState,
+    id_hash,
+    split_window_key,
+    window_key,
+)
 from streams.core.windows import RETENTION_MS
 from streams.synthetic import (
     DEFAULT_START_MS,
@@ -211,12 +217,38 @@ def test_nothing_reaches_the_table_until_flush() -> None:
     )
     store.flush()
     assert store.pending == {}
-    assert list(pipe.table) == [key]
-    for wire in pipe.table.values():
-        assert isinstance(wire, dict)
-        st = WindowState.from_wire(wire)
-        assert st.fired and st.ids == ["f-1"] and st.count == 1
-        orjson.dumps(wire)  # the table's changelog holds plain JSON
+    assert list(pipe.table) == [key, ids_key(key, 0)]
+    assert pipe.table[ids_key(key, 0)] == [id_hash("f-1")]
+    wire = pipe.table[key]
+    st = WindowState.from_wire(wire)
+    assert st is not None and st.fired and st.count == 1 and wire["ic"] == 1
+    orjson.dumps(wire)  # the table's changelog holds plain JSON
+
+
+def test_changelog_writes_per_event_are_bounded_by_a_constant() -> None:
+    """SPEC 4.1: 5,000 enrolments into one FR-007 window write linearly, not quadratically."""
+    written = [0]
+
+    class Recording(dict[str, Any]):
+        def __setitem__(self, key: str, value: Any) -> None:
+            written[0] += len(orjson.dumps(key)) + len(orjson.dumps(value))
+            super().__setitem__(key, value)
+
+    pipe = Pipeline()
+    pipe.stage = DetectStage(RULES, Recording(), PARTITIONS)
+    per_thousand = []
+    for i in range(5_000):
+        pipe.feed(ev(f"enr-{i}", "acct-retail-east", "person_group.add_face", ts=HOUR0 + i))
+        if i % 1000 == 999:
+            per_thousand.append(written[0])
+    deltas = [b - a for a, b in zip([0, *per_thousand], per_thousand, strict=False)]
+    assert max(deltas[1:]) <= 1.2 * min(deltas[1:]), deltas  # linear: each 1000 costs alike
+    assert written[0] / 5_000 < 6_000, written[0]  # bytes per event, samples included
+    # and a restarted stage reads all 5,000 ids back: a redelivery is still recognised
+    restarted = Pipeline()
+    restarted.stage = DetectStage(RULES, pipe.stage.store.table, PARTITIONS)
+    restarted.feed(ev("enr-17", "acct-retail-east", "person_group.add_face", ts=HOUR0 + 17))
+    assert restarted.duplicate == 1
 
 
 def test_failed_publish_before_flush_fires_again_on_reprocessing() -> None:
@@ -336,11 +368,11 @@ def test_expired_keys_only_for_the_partition_and_more_than_24h_behind() -> None:
     expired = pipe.stage.expired_keys(target)
     assert len(expired) == len(set(expired)), f"a key is returned twice: {expired}"
     assert expired == [key_old]  # the edge window is exactly 24h behind: kept
-    del pipe.table[key_old]  # what the agent does with them
+    pipe.stage.store.drop(key_old)  # what the agent does with them
     # the other partition's old window is not this partition's to drop: it drops it itself
     # (its clock is the same low watermark of the one input partition)
     assert pipe.stage.expired_keys(other) == [key_other]
-    del pipe.table[key_other]
+    pipe.stage.store.drop(key_other)
     pipe.feed(ev("x-later", late, "face.verify", ts=wm + 1))
     assert pipe.stage.expired_keys(target) == [key_edge]
     assert pipe.stage.expired_keys(other) == []
@@ -359,7 +391,7 @@ def test_expiry_run_like_the_detect_agent_deletes_each_key_once() -> None:
                 pipe.detect(p, value)
                 pipe.advance(ts)
                 for key in pipe.stage.expired_keys(p):
-                    del pipe.table[key]  # a KeyError here would stop the live agent
+                    pipe.stage.store.drop(key)  # a KeyError here would stop the live agent
     wm = pipe.stage.clock(0)
     ends = sorted(split_window_key(k)[3] for k in pipe.table if not k.startswith("~"))
     assert ends and all(wm - end <= RETENTION_MS for end in ends)
