@@ -251,7 +251,7 @@ def _ssl_context(values: Mapping[str, str], source: str) -> ssl.SSLContext:
     if key is not None:
         _readable(source, "ssl.key.location", key)
     try:
-        context = create_ssl_context(cafile=ca)
+        context: ssl.SSLContext = create_ssl_context(cafile=ca)
     except (ssl.SSLError, ValueError) as exc:
         raise KafkaConfigError(
             f"{source}: ssl.ca.location: {ca!r} holds no usable CA certificate ({_reason(exc)})"
