@@ -36,6 +36,12 @@ SETTINGS: tuple[tuple[str, str, str, str], ...] = (
         "partitions of the internal topics and window tables (fixed for an app id)",
     ),
     (
+        "kafka_config",
+        "FRWATCH_KAFKA_CONFIG",
+        "",
+        "Kafka client properties file (librdkafka names, as for kcat -F; default: plaintext)",
+    ),
+    (
         "screening_processes",
         "FRWATCH_SCREENING_PROCESSES",
         "1",
@@ -73,6 +79,7 @@ class Settings:
     def idle_after_ms(self) -> int:
         """`idle_after` in milliseconds."""
         return self.idle_after * 1000
+    kafka_config: str | None = None
 
     @property
     def bootstrap_servers(self) -> list[str]:
@@ -139,6 +146,7 @@ def _validated(raw: Mapping[str, str]) -> Settings:
         partitions=partitions,
         screening_processes=screening_processes,
         idle_after=idle_after,
+        kafka_config=raw["kafka_config"].strip() or None,
     )
 
 

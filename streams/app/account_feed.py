@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
@@ -32,10 +33,12 @@ class AccountFeed(Service):
         directory: AccountDirectory,
         on_change: Callable[[int], None],
         catch_up_timeout: float = 120.0,
+        client: Mapping[str, Any] | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.bootstrap = bootstrap
+        self.client = dict(client or {})  # security settings (streams.kafkaio.client_kwargs)
         self.topic = topic
         self.directory = directory
         self.on_change = on_change
@@ -60,6 +63,7 @@ class AccountFeed(Service):
             group_id=None,
             auto_offset_reset="earliest",
             client_id="frwatch-accounts",
+            **self.client,
         )
         await consumer.start()
         self._consumer = consumer

@@ -33,6 +33,7 @@ from streams.app.routing import Routed, Router, Screened
 from streams.app.screening import ScreeningPool, ScreeningUnavailable
 from streams.app.sensors import install_metrics_endpoint
 from streams.core.rules import RuleSet
+from streams.kafkaio import client_kwargs, faust_kwargs
 from streams.settings import Settings
 from topics.accounts import AccountDirectory, decode_account_message
 from topics.catalog import detect_topic_name, windows_table_name
@@ -99,6 +100,7 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
         # input; 128 messages cost no throughput (docs/performance.md)
         consumer_max_fetch_size=FETCH_BYTES,
         stream_buffer_maxsize=128,
+        **faust_kwargs(settings),
     )
     registry = CollectorRegistry()
     install_metrics_endpoint(app, registry, FAUST_PREFIX)
@@ -111,8 +113,11 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
         settings.topic_accounts,
         directory,
         on_change=metrics.accounts_loaded.set,
+        client=client_kwargs(settings),
     )
-    publisher = AlertPublisher(settings.bootstrap_servers, settings.topic_alerts)
+    publisher = AlertPublisher(
+        settings.bootstrap_servers, settings.topic_alerts, client=client_kwargs(settings)
+    )
 
     # bytes in, bytes out: frwatch decodes with orjson itself
     raw: dict[str, Any] = {"schema": RawBytes(key_serializer="raw", value_serializer="raw")}

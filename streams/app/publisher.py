@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -25,9 +27,16 @@ PERMANENT = (
 class AlertPublisher(Service):
     """A dedicated producer, so an alert's acknowledgement can be awaited on its own."""
 
-    def __init__(self, bootstrap: list[str], topic: str, **kwargs: object) -> None:
+    def __init__(
+        self,
+        bootstrap: list[str],
+        topic: str,
+        client: Mapping[str, Any] | None = None,
+        **kwargs: object,
+    ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.bootstrap = bootstrap
+        self.client = dict(client or {})  # security settings (streams.kafkaio.client_kwargs)
         self.topic = topic
         self._producer: AIOKafkaProducer | None = None
 
@@ -40,6 +49,7 @@ class AlertPublisher(Service):
                 enable_idempotence=True,
                 linger_ms=0,
                 client_id="frwatch-alerts",
+                **self.client,
             )
             try:
                 await producer.start()

@@ -18,7 +18,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.cli.ops import _send_all, archive_messages, create_topics, delete_topics
-from streams.kafkaio import assign_from_beginning
+from streams.kafkaio import assign_from_beginning, client_kwargs
 from streams.settings import Settings, settings_from_env
 from streams.synthetic import SAMPLE_ACCOUNTS, TrafficMaker
 from topics.requests import batch_envelope
@@ -31,6 +31,7 @@ def _bench_settings(base: Settings, name: str, port: int) -> Settings:
         {},
         {
             "broker": base.broker,
+            "kafka_config": base.kafka_config,
             "app_id": name,
             "web_bind": "127.0.0.1",
             "web_port": port,
@@ -49,6 +50,7 @@ def _env(s: Settings) -> dict[str, str]:
     return {
         **os.environ,
         "FRWATCH_BROKER": s.broker,
+        "FRWATCH_KAFKA_CONFIG": s.kafka_config or "",
         "FRWATCH_APP_ID": s.app_id,
         "FRWATCH_WEB_BIND": s.web_bind,
         "FRWATCH_WEB_PORT": str(s.web_port),
@@ -78,6 +80,7 @@ async def _raw_consume(s: Settings, expected: int, batched: bool) -> float:
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 << 20,
         fetch_max_bytes=64 << 20,
+        **client_kwargs(s),
     )
     await consumer.start()
     try:
@@ -147,12 +150,14 @@ async def _latency(s: Settings, rate: float, seconds: float, batch: int, say: Sa
         linger_ms=2,
         max_batch_size=1 << 20,
         max_request_size=8 << 20,
+        **client_kwargs(s),
     )
     consumer = AIOKafkaConsumer(
         s.topic_alerts,
         bootstrap_servers=s.bootstrap_servers,
         group_id=None,
         auto_offset_reset="latest",
+        **client_kwargs(s),
     )
     await producer.start()
     await consumer.start()

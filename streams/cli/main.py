@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from streams import __version__
+from streams.kafka_config import KafkaConfigError
 from streams.settings import SETTINGS, Settings, SettingsError, settings_from_env
 
 EXIT_USAGE = 2
@@ -46,7 +47,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
         raise UsageError(str(exc)) from None
 
 
-KAFKA = ("broker", "topic_requests", "topic_accounts", "topic_alerts", "topic_dlq")
+KAFKA = ("broker", "kafka_config", "topic_requests", "topic_accounts", "topic_alerts", "topic_dlq")
 
 
 def build_parser() -> OneLineParser:
@@ -156,6 +157,9 @@ def dispatch(args: argparse.Namespace) -> int:
 
         return run_bench(args, settings_of(args))
     settings = settings_of(args)
+    from streams.kafkaio import kafka_client_config
+
+    kafka_client_config(settings)  # a bad properties file: one line, exit 2, before connecting
     if cmd == "worker":
         from streams.app.worker import run_worker
 
@@ -178,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return dispatch(args)
     except UsageError as exc:
+        print(f"frwatch: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KafkaConfigError as exc:
         print(f"frwatch: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

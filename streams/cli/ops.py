@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from streams.archive import ArchiveError, iter_lines
+from streams.kafkaio import client_kwargs
 from streams.replay import open_all
 from streams.settings import Settings
 from topics.catalog import topic_catalog
@@ -33,7 +34,9 @@ async def create_topics(
 ) -> list[tuple[str, str]]:
     """Create the catalog's topics; returns (name, "created" | "exists")."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers, client_id="frwatch-admin"
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id="frwatch-admin",
+        **client_kwargs(settings),
     )
     await admin.start()
     try:
@@ -61,7 +64,9 @@ async def delete_topics(settings: Settings) -> None:
     """Delete the catalog's topics and Faust's internal ones of the app id (its leader topic,
     changelogs); the benchmark cleans up after itself with this."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers, client_id="frwatch-admin"
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id="frwatch-admin",
+        **client_kwargs(settings),
     )
     await admin.start()
     try:
@@ -100,6 +105,7 @@ async def _producer(settings: Settings) -> AIOKafkaProducer:
         max_batch_size=1 << 20,
         max_request_size=8 << 20,
         client_id="frwatch-cli",
+        **client_kwargs(settings),
     )
     try:
         await producer.start()
@@ -251,6 +257,7 @@ async def _tail(
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,
         client_id="frwatch-tail",
+        **client_kwargs(settings),
     )
     await consumer.start()
     seen = 0
