@@ -124,6 +124,28 @@ def build_parser() -> OneLineParser:
     )
     _settings_flags(tail, KAFKA)
 
+    acl = sub.add_parser(
+        "acls", help="print the least-privilege Kafka ACLs as kafka-acls.sh commands"
+    )
+    acl.add_argument(
+        "--role",
+        default="worker",
+        choices=["worker", "analyst", "archive"],
+        help="whose ACLs (default worker)",
+    )
+    acl.add_argument(
+        "--principal", metavar="P", help="e.g. User:frwatch-worker (default User:<app id>)"
+    )
+    acl.add_argument(
+        "--command-config",
+        default="admin.properties",
+        metavar="FILE",
+        help="the admin's client config that the printed commands name",
+    )
+    _settings_flags(
+        acl, ("broker", "app_id", "topic_requests", "topic_accounts", "topic_alerts", "topic_dlq")
+    )
+
     b = sub.add_parser("bench", help="measure throughput and latency")
     b.add_argument("--events", type=int, default=200_000, metavar="N")
     b.add_argument("--batch", type=int, default=1, metavar="K", help="records per message")
@@ -157,6 +179,10 @@ def dispatch(args: argparse.Namespace) -> int:
 
         return run_bench(args, settings_of(args))
     settings = settings_of(args)
+    if cmd == "acls":
+        from streams.cli.acls import run_acls
+
+        return run_acls(args, settings)
     from streams.kafkaio import kafka_client_config
 
     kafka_client_config(settings)  # a bad properties file: one line, exit 2, before connecting
