@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import ssl
 import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaError
 
 from streams.kafka_config import (
     PASSWORD_ENV,
@@ -62,3 +66,86 @@ async def assign_from_beginning(
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     return dict(await consumer.end_offsets(tps))
+
+
+class KafkaAccessError(Exception):
+    """The cluster refused this client (login, certificate or ACL); the message is one line."""
+
+
+LOGIN_TIMEOUT_S = 20.0
+
+
+async def check_login(settings: Settings, timeout: float = LOGIN_TIMEOUT_S) -> None:
+    """Fail fast with one line naming the broker when TLS or SASL refuses this client.
+
+    aiokafka reports a refused login as "Unable to bootstrap" and its worker retries it
+    forever, so every command and the worker try one connection first: the handshake and
+    the SASL exchange are aiokafka's (`create_conn`), only the reason is read here. A broker
+    that cannot be reached at all is not decided here: the usual path reports or waits.
+    """
+    cfg = kafka_client_config(settings)
+    if cfg.protocol == "plaintext":
+        return
+    kwargs = cfg.aiokafka_kwargs()
+    for hostport in settings.bootstrap_servers:
+        host, _, port = hostport.rpartition(":")
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(
+                    host,
+                    int(port),
+                    client_id="frwatch-login-check",
+                    request_timeout_ms=int(timeout * 1000),
+                    **kwargs,
+                ),
+                timeout,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise KafkaAccessError(
+                f"broker {hostport}: its TLS certificate is not accepted: {exc.verify_message} "
+                "(see ssl.ca.location and ssl.endpoint.identification.algorithm)"
+            ) from None
+        except ssl.SSLError as exc:
+            raise KafkaAccessError(
+                f"broker {hostport}: TLS handshake failed: {exc.reason or exc}"
+            ) from None
+        except (TimeoutError, ConnectionRefusedError, socket.gaierror):
+            continue  # not reachable: another bootstrap server, or the usual path
+        except (KafkaError, OSError) as exc:
+            raise KafkaAccessError(
+                f"broker {hostport}: {_refusal(exc, cfg)} ({cfg.describe()})"
+            ) from None
+        else:
+            conn.close()
+            return
+
+
+def _refusal(exc: BaseException, cfg: KafkaClientConfig) -> str:
+    text = " ".join(str(exc).split())
+    if "certificate required" in text.lower() or (cfg.protocol == "ssl" and "closed" in text):
+        return (
+            "the broker closed the TLS connection: does it require a client certificate "
+            "(ssl.certificate.location) or not trust this one?"
+        )
+    if isinstance(exc, KafkaError) and "uthentication" in type(exc).__name__ + text:
+        return f"authentication failed: {text}"
+    if cfg.uses_sasl:
+        return f"authentication failed: {text or type(exc).__name__}"
+    return f"connection refused by the broker: {text or type(exc).__name__}"
+
+
+AUTHORIZATION_ERRORS = (
+    "TopicAuthorizationFailedError",
+    "GroupAuthorizationFailedError",
+    # the idempotent producer's InitProducerId: refused without Write on some topic
+    "ClusterAuthorizationFailedError",
+    "TransactionalIdAuthorizationFailed",
+)
+
+
+def refused(exc: BaseException, operation: str) -> str | None:
+    """One line for an ACL refusal (`operation` e.g. "read topic T"), None for other errors."""
+    name = type(exc).__name__
+    if name in AUTHORIZATION_ERRORS:
+        return f"not authorised to {operation} ({name})"
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
@@ -12,6 +13,7 @@ from mode.utils.logging import level_number
 from streams.app.faust_app import build_app
 from streams.app.memory import pin_mmap_threshold
 from streams.core.rules import RulesError, load_rules
+from streams.kafkaio import KafkaAccessError, check_login
 from streams.settings import Settings
 
 # fetch responses (up to FETCH_BYTES per partition) are mmapped and given back when freed;
@@ -47,6 +49,12 @@ def run_worker(settings: Settings, loglevel: str) -> int:
     try:
         rules = load_rules(settings.rules)
     except RulesError as exc:
+        print(f"frwatch worker: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        # a refused login is retried forever by Faust's consumer: check it once, up front
+        asyncio.run(check_login(settings))
+    except KafkaAccessError as exc:
         print(f"frwatch worker: error: {exc}", file=sys.stderr)
         return 2
     pin_mmap_threshold(MMAP_THRESHOLD)  # before the first fetch buffer

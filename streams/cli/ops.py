@@ -4,29 +4,57 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from streams.archive import ArchiveError, iter_lines
-from streams.kafkaio import client_kwargs
+from streams.kafkaio import KafkaAccessError, check_login, client_kwargs, refused
 from streams.replay import open_all
 from streams.settings import Settings
 from topics.catalog import topic_catalog
 from topics.requests import batch_envelope, is_batch
 
 EXIT_USAGE = 2
+T = TypeVar("T")
 
 
 def _fail(cmd: str, message: str) -> int:
     print(f"frwatch {cmd}: error: {message}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _run_checked(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` once the cluster has accepted this client's login (SPEC 6.1)."""
+
+    async def checked() -> T:
+        # aiokafka's own warnings would say it again, less clearly, on more lines
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        try:
+            await check_login(settings)
+        except BaseException:
+            work.close()
+            raise
+        return await work
+
+    return asyncio.run(checked())
+
+
+def _refusal(cmd: str, exc: BaseException, operation: str) -> int:
+    """Exit 2 with one line for a refused login or ACL; other errors propagate."""
+    if isinstance(exc, KafkaAccessError):
+        return _fail(cmd, str(exc))
+    message = refused(exc, operation)
+    if message is None:
+        raise exc
+    return _fail(cmd, message)
 
 
 async def create_topics(
@@ -38,7 +66,11 @@ async def create_topics(
         client_id="frwatch-admin",
         **client_kwargs(settings),
     )
-    await admin.start()
+    try:
+        await admin.start()
+    except BaseException:
+        await admin.close()
+        raise
     try:
         existing = set(await admin.list_topics())
         out = []
@@ -88,9 +120,11 @@ async def delete_topics(settings: Settings) -> None:
 def run_topics(args: argparse.Namespace, settings: Settings) -> int:
     """`frwatch topics create`."""
     try:
-        result = asyncio.run(create_topics(settings, args.requests_partitions))
+        result = _run_checked(settings, create_topics(settings, args.requests_partitions))
     except KafkaConnectionError as exc:
         return _fail("topics create", f"cannot reach broker {settings.broker}: {exc}")
+    except (KafkaAccessError, KafkaError) as exc:
+        return _refusal("topics create", exc, "create topics")
     for name, state in result:
         print(orjson.dumps({"topic": name, "state": state}).decode())
     return 0
@@ -154,11 +188,15 @@ def _account_messages(path: str) -> Iterator[tuple[bytes | None, bytes | None]]:
 def run_accounts(args: argparse.Namespace, settings: Settings) -> int:
     """`frwatch accounts load FILE`."""
     try:
-        n = asyncio.run(_send_all(settings, settings.topic_accounts, _account_messages(args.file)))
+        n = _run_checked(
+            settings, _send_all(settings, settings.topic_accounts, _account_messages(args.file))
+        )
     except ArchiveError as exc:
         return _fail("accounts load", str(exc))
     except KafkaConnectionError as exc:
         return _fail("accounts load", f"cannot reach broker {settings.broker}: {exc}")
+    except (KafkaAccessError, KafkaError) as exc:
+        return _refusal("accounts load", exc, f"write topic {settings.topic_accounts}")
     print(orjson.dumps({"topic": settings.topic_accounts, "records": n}).decode(), file=sys.stderr)
     return 0
 
@@ -210,11 +248,13 @@ def run_publish(args: argparse.Namespace, settings: Settings) -> int:
     started = time.perf_counter()
     try:
         msgs = archive_messages(args.archives, args.batch)
-        n = asyncio.run(_send_all(settings, settings.topic_requests, msgs))
+        n = _run_checked(settings, _send_all(settings, settings.topic_requests, msgs))
     except (ArchiveError, ValueError) as exc:
         return _fail("publish", str(exc))
     except KafkaConnectionError as exc:
         return _fail("publish", f"cannot reach broker {settings.broker}: {exc}")
+    except (KafkaAccessError, KafkaError) as exc:
+        return _refusal("publish", exc, f"write topic {settings.topic_requests}")
     print(
         orjson.dumps(
             {
@@ -259,7 +299,11 @@ async def _tail(
         client_id="frwatch-tail",
         **client_kwargs(settings),
     )
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()
+        raise
     seen = 0
     last = time.monotonic()
     try:
@@ -295,8 +339,10 @@ async def _tail(
 def run_alerts(args: argparse.Namespace, settings: Settings) -> int:
     """`frwatch alerts tail [--from-beginning] [--json]`."""
     try:
-        return asyncio.run(
-            _tail(settings, args.from_beginning, args.json, args.max, args.idle_exit)
+        return _run_checked(
+            settings, _tail(settings, args.from_beginning, args.json, args.max, args.idle_exit)
         )
     except KafkaConnectionError as exc:
         return _fail("alerts tail", f"cannot reach broker {settings.broker}: {exc}")
+    except (KafkaAccessError, KafkaError) as exc:
+        return _refusal("alerts tail", exc, f"read topic {settings.topic_alerts}")
