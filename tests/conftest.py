@@ -12,6 +12,7 @@ import os
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,38 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield bootstrap
     finally:
         stop_broker(run_dir)  # always; a failure here is reported as a teardown error
+
+
+@dataclass(frozen=True)
+class SecureKafka:
+    """A secured broker: SASL_SSL bootstrap, mTLS bootstrap, and its run dir (client-*.properties)."""
+
+    bootstrap: str
+    mtls_bootstrap: str
+    run_dir: Path
+
+    def client_config(self, user: str) -> Path:
+        """client-<user>.properties: admin, worker, analyst, nobody or mtls."""
+        return self.run_dir / f"client-{user}.properties"
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
+    """One secured broker (`deploy/kafka/broker up --secure`) for the session."""
+    run_dir = tmp_path_factory.mktemp("kafka-secure")
+    try:
+        try:
+            bootstrap = start_broker(run_dir, secure=True)
+        except BrokerError as exc:
+            error = str(exc)
+        else:
+            error = ""
+        if error:
+            pytest.fail(f"could not start a secured Kafka broker:\n{error}", pytrace=False)
+        host, _, port = bootstrap.rpartition(":")
+        yield SecureKafka(bootstrap, f"{host}:{int(port) + 1}", run_dir.resolve())
+    finally:
+        stop_broker(run_dir)
 
 
 @pytest.fixture

@@ -45,13 +45,16 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def find_free_ports(attempts: int = 100) -> tuple[int, int]:
-    """Return free ports (broker_port, controller_port), controller_port = broker_port + 10000."""
+def find_free_ports(attempts: int = 100, secure: bool = False) -> tuple[int, int]:
+    """Return free ports (broker_port, controller_port), controller_port = broker_port + 10000
+    (and broker_port + 1 free too for a secured broker's mTLS listener)."""
     for _ in range(attempts):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((HOST, 0))
             port = s.getsockname()[1]
         controller = port + CONTROLLER_PORT_OFFSET
+        if secure and not _port_free(port + 1):
+            continue
         if controller <= 65535 and _port_free(port) and _port_free(controller):
             return port, controller
     raise BrokerError(f"could not find a free port pair (P, P+{CONTROLLER_PORT_OFFSET}) on {HOST}")
@@ -84,18 +87,22 @@ def fetch_jars() -> None:
         )
 
 
-def start_broker(run_dir: Path | str, attempts: int = 3) -> str:
+def start_broker(run_dir: Path | str, attempts: int = 3, secure: bool = False) -> str:
     """Start a broker on free ports with ``run_dir`` as its run directory.
 
     Returns the bootstrap address "127.0.0.1:PORT" once the broker accepts clients.
     Retries with new ports if another process grabbed a port in the meantime;
-    any other failure raises BrokerError with the script's stderr.
+    any other failure raises BrokerError with the script's stderr. With `secure`, the
+    broker of `up --secure`: SASL_SSL on PORT, mTLS on PORT+1, the client properties
+    files in ``run_dir``.
     """
     run_dir = Path(run_dir).resolve()
     last_error = ""
     for _ in range(attempts):
-        port, controller = find_free_ports()
+        port, controller = find_free_ports(secure=secure)
         env = {
+            "KAFKA_SECURE": "1" if secure else "0",
+            "KAFKA_SSL_PORT": str(port + 1),
             "KAFKA_PORT": str(port),
             "KAFKA_CONTROLLER_PORT": str(controller),
             "KAFKA_RUN_DIR": str(run_dir),
@@ -129,6 +136,23 @@ def stop_broker(run_dir: Path | str) -> None:
         )
 
 
+def kafka_acls(run_dir: Path | str, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """kafka-acls (Kafka's AclCommand) as the secured broker's admin; raises on failure."""
+    run_dir = Path(run_dir).resolve()
+    proc = subprocess.run(
+        [str(BROKER_SCRIPT), "acls", *args],
+        env={**os.environ, "KAFKA_RUN_DIR": str(run_dir), "KAFKA_PORT": _port_of(run_dir)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BrokerError(f"kafka-acls {' '.join(args)} failed: {proc.stderr[-2000:]}")
+    return proc
+
+
 def broker_log_tail(run_dir: Path | str, lines: int = 40) -> str:
     """Last lines of the broker's log, for failure reports."""
     log = Path(run_dir) / "broker.log"
@@ -142,7 +166,7 @@ def _port_of(run_dir: Path) -> str:
     try:
         for line in (run_dir / "server.properties").read_text().splitlines():
             if line.startswith("advertised.listeners="):
-                return line.rsplit(":", 1)[1].strip()
+                return line.split(",")[0].rsplit(":", 1)[1].strip()
     except OSError:
         pass
     return "9092"

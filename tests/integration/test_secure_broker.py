@@ -1,0 +1,217 @@
+"""frwatch on a secured broker (SASL_SSL/SCRAM, mTLS, ACLs): what works and how it fails."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import SecureKafka
+from integration.scenarios import scenario_archive
+from integration.worker_harness import REPO, Worker, frwatch, frwatch_env, replay_alerts, wait_for
+from kafka_broker import kafka_acls
+
+pytestmark = pytest.mark.integration
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 60.0) -> tuple[int, str, float]:
+    """A frwatch command: exit code, stderr, seconds."""
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "streams.cli.main", *args],
+        env=env,
+        capture_output=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+    return proc.returncode, proc.stderr.decode(), time.monotonic() - started
+
+
+def secure_env(
+    kafka: SecureKafka, name: str, user: str, bootstrap: str | None = None
+) -> dict[str, str]:
+    return frwatch_env(
+        bootstrap or kafka.bootstrap,
+        name,
+        FRWATCH_KAFKA_CONFIG=str(kafka.client_config(user)),
+    )
+
+
+def grant(kafka: SecureKafka, env: dict[str, str], *flags: str) -> list[str]:
+    """Apply what `frwatch acls` prints, with the Kafka CLI; returns the printed commands."""
+    printed = frwatch(["acls", *flags], env).stdout.decode().splitlines()
+    commands = [line for line in printed if line.startswith("kafka-acls.sh ")]
+    assert commands
+    for line in commands:
+        words = shlex.split(line)[1:]
+        args, skip = [], False
+        for w in words:  # the broker wrapper brings its own bootstrap and admin config
+            if skip:
+                skip = False
+            elif w in ("--bootstrap-server", "--command-config"):
+                skip = True
+            else:
+                args.append(w)
+        kafka_acls(kafka.run_dir, args)
+    return commands
+
+
+def password_of(kafka: SecureKafka, user: str) -> str:
+    for line in kafka.client_config(user).read_text().splitlines():
+        if line.startswith("sasl.password="):
+            return line.partition("=")[2]
+    raise AssertionError(f"no password for {user}")
+
+
+@pytest.mark.parametrize("transport", ["sasl_ssl", "mtls"])
+def test_worker_with_the_printed_acls_gives_the_replay_alerts(
+    secure_kafka: SecureKafka, unique_name: str, tmp_path: Path, transport: str
+) -> None:
+    kafka = secure_kafka
+    admin = secure_env(kafka, unique_name, "admin")
+    frwatch(["topics", "create"], admin)
+    grant(kafka, admin, "--principal", "User:worker")
+    grant(kafka, admin, "--role", "analyst", "--principal", "User:analyst")
+    accounts, events = scenario_archive(tmp_path, hours=1)
+    frwatch(["accounts", "load", str(accounts)], admin)
+    frwatch(["publish", str(events)], admin)
+    expected, _ = replay_alerts(events, accounts, admin)
+    expected_ids = {a["alert_id"] for a in expected}
+    assert expected_ids
+
+    if transport == "mtls":
+        worker_env = secure_env(kafka, unique_name, "mtls", kafka.mtls_bootstrap)
+    else:
+        worker_env = secure_env(kafka, unique_name, "worker")
+    worker = Worker(worker_env, tmp_path / "worker").start()
+    try:
+        analyst = secure_env(kafka, unique_name, "analyst")
+
+        seen: set[str] = set()
+
+        def all_alerts() -> bool:
+            proc = frwatch(
+                ["alerts", "tail", "--from-beginning", "--json", "--idle-exit", "2"], analyst
+            )
+            seen.update(orjson.loads(x)["alert_id"] for x in proc.stdout.splitlines() if x)
+            return seen >= expected_ids
+
+        wait_for(all_alerts, 120, "every replay alert on the alerts topic", worker)
+        assert seen == expected_ids
+    finally:
+        worker.stop()
+    log = worker.log_path.read_text(errors="replace")
+    if transport == "sasl_ssl":
+        assert password_of(kafka, "worker") not in log
+
+    kcat = shutil.which("kcat")
+    if kcat is None:
+        pytest.skip("kcat is not installed (make deps)")
+    base = [kcat, "-F", str(kafka.client_config("analyst")), "-b", kafka.bootstrap, "-q"]
+    read = subprocess.run(
+        [*base, "-C", "-t", f"{unique_name}.alerts", "-o", "beginning", "-e"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert read.returncode == 0, read.stderr
+    assert {orjson.loads(x)["alert_id"] for x in read.stdout.splitlines() if x} == expected_ids
+    refused = subprocess.run(
+        [*base, "-C", "-t", f"{unique_name}.requests", "-o", "beginning", "-e"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0 or not refused.stdout
+
+
+def _bad_config(kafka: SecureKafka, tmp_path: Path, name: str, **changes: str | None) -> Path:
+    lines = []
+    for line in kafka.client_config("worker").read_text().splitlines():
+        key = line.partition("=")[0]
+        if key in changes:
+            if changes[key] is not None:
+                lines.append(f"{key}={changes[key]}")
+            continue
+        lines.append(line)
+    path = tmp_path / f"{name}.properties"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_refused_logins_are_one_line_naming_the_broker(
+    secure_kafka: SecureKafka, unique_name: str, tmp_path: Path
+) -> None:
+    kafka = secure_kafka
+    other_ca = tmp_path / "other-ca.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(tmp_path / "k"), "-out", str(other_ca), "-days", "1",
+         "-subj", "/CN=other"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    no_cert = tmp_path / "no-cert.properties"
+    no_cert.write_text(f"security.protocol=ssl\nssl.ca.location={kafka.run_dir / 'ca.pem'}\n")
+    cases = [
+        ("wrong-password", _bad_config(kafka, tmp_path, "pw", **{"sasl.password": "wrong"}),
+         kafka.bootstrap, "authentication failed"),
+        ("unknown-user", _bad_config(kafka, tmp_path, "user", **{"sasl.username": "ghost"}),
+         kafka.bootstrap, "authentication failed"),
+        ("untrusted-ca", _bad_config(kafka, tmp_path, "ca", **{"ssl.ca.location": str(other_ca)}),
+         kafka.bootstrap, "TLS certificate is not accepted"),
+        ("no-client-cert", no_cert, kafka.mtls_bootstrap, "client certificate"),
+    ]  # fmt: skip
+    port = kafka.bootstrap.rpartition(":")[2]
+    alias = socket.gethostname()
+    try:
+        aliased = alias not in ("localhost",) and socket.gethostbyname(alias) == "127.0.0.1"
+    except OSError:
+        aliased = False
+    if aliased:  # a name of 127.0.0.1 that the broker's certificate does not hold
+        cases.append(("hostname", kafka.client_config("worker"), f"{alias}:{port}",
+                      "Hostname mismatch"))  # fmt: skip
+    secret = password_of(kafka, "worker")
+    for label, config, bootstrap, reason in cases:
+        env = frwatch_env(bootstrap, unique_name, FRWATCH_KAFKA_CONFIG=str(config))
+        for args in (["alerts", "tail", "--idle-exit", "1"], ["topics", "create"]):
+            code, err, seconds = run(args, env)
+            lines = err.strip().splitlines()
+            assert code == 2, (label, err)
+            assert len(lines) == 1, (label, err)
+            assert f"broker {bootstrap}" in lines[0] and reason in lines[0], (label, err)
+            assert seconds < 30
+            assert secret not in err
+        worker = Worker(env, tmp_path / label)
+        started = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "streams.cli.main", "worker"],
+            env=worker.env, capture_output=True, timeout=60, cwd=REPO,
+        )  # fmt: skip
+        assert proc.returncode == 2, (label, proc.stderr)
+        assert reason in proc.stderr.decode()
+        assert time.monotonic() - started < 30
+
+
+def test_missing_acls_name_the_topic_and_operation(
+    secure_kafka: SecureKafka, unique_name: str, tmp_path: Path
+) -> None:
+    kafka = secure_kafka
+    frwatch(["topics", "create"], secure_env(kafka, unique_name, "admin"))
+    code, err, _ = run(
+        ["alerts", "tail", "--idle-exit", "1"], secure_env(kafka, unique_name, "nobody")
+    )
+    assert code == 2
+    assert err.strip() == (
+        f"frwatch alerts tail: error: not authorised to read topic {unique_name}.alerts "
+        "(TopicAuthorizationFailedError)"
+    )
+    archive = tmp_path / "one.jsonl"
+    archive.write_text('{"event_id": "e1"}\n')
+    code, err, _ = run(["publish", str(archive)], secure_env(kafka, unique_name, "analyst"))
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert f"not authorised to write topic {unique_name}.requests" in err
