@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import ssl
@@ -10,6 +11,7 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.client import AIOKafkaClient
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError
 
@@ -149,3 +151,33 @@ def refused(exc: BaseException, operation: str) -> str | None:
     if name in AUTHORIZATION_ERRORS:
         return f"not authorised to {operation} ({name})"
     return None
+
+
+async def check_topics(settings: Settings, topics: list[str], timeout: float = 20.0) -> None:
+    """Fail with one line when the cluster hides any of `topics` from this client (no ACL).
+
+    The worker checks its topics at start, before Faust's consumer would retry the refusal
+    forever; an ACL that allows describing but not the operation is reported when used.
+    """
+    client = AIOKafkaClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id="frwatch-acl-check",
+        **client_kwargs(settings),
+    )
+    aiokafka_log = logging.getLogger("aiokafka")
+    level = aiokafka_log.level
+    aiokafka_log.setLevel(logging.CRITICAL)  # its warnings would say it again, per topic
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout)
+        await asyncio.wait_for(client.set_topics(topics), timeout)
+        hidden = sorted(set(topics) & set(client.cluster.unauthorized_topics))
+    except (KafkaError, TimeoutError):
+        return  # unreachable or slow: the usual path waits for the broker
+    finally:
+        await client.close()
+        aiokafka_log.setLevel(level)
+    if hidden:
+        raise KafkaAccessError(
+            f"not authorised to use topic {', '.join(hidden)} "
+            "(TopicAuthorizationFailedError; see `frwatch acls`)"
+        )

@@ -13,7 +13,7 @@ from mode.utils.logging import level_number
 from streams.app.faust_app import build_app
 from streams.app.memory import pin_mmap_threshold
 from streams.core.rules import RulesError, load_rules
-from streams.kafkaio import KafkaAccessError, check_login
+from streams.kafkaio import KafkaAccessError, check_login, check_topics
 from streams.settings import Settings
 
 # fetch responses (up to FETCH_BYTES per partition) are mmapped and given back when freed;
@@ -54,6 +54,7 @@ def run_worker(settings: Settings, loglevel: str) -> int:
     try:
         # a refused login is retried forever by Faust's consumer: check it once, up front
         asyncio.run(check_login(settings))
+        asyncio.run(check_topics(settings, list(settings.topics().values())))
     except KafkaAccessError as exc:
         print(f"frwatch worker: error: {exc}", file=sys.stderr)
         return 2

@@ -218,3 +218,18 @@ def test_missing_acls_name_the_topic_and_operation(
     assert code == 2
     assert len(err.strip().splitlines()) == 1
     assert f"not authorised to write topic {unique_name}.requests" in err
+
+    nobody = secure_env(kafka, unique_name, "nobody")
+    nobody["FRWATCH_WEB_PORT"] = str(Worker(nobody, tmp_path / "w").port)
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "streams.cli.main", "worker"],
+        env=nobody, capture_output=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.decode().strip() == (
+        f"frwatch worker: error: not authorised to use topic {unique_name}.accounts, "
+        f"{unique_name}.alerts, {unique_name}.dlq, {unique_name}.requests "
+        "(TopicAuthorizationFailedError; see `frwatch acls`)"
+    )
+    assert time.monotonic() - started < 30
