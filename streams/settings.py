@@ -74,12 +74,12 @@ class Settings:
     partitions: int
     screening_processes: int
     idle_after: int = 300
+    kafka_config: str | None = None
 
     @property
     def idle_after_ms(self) -> int:
         """`idle_after` in milliseconds."""
         return self.idle_after * 1000
-    kafka_config: str | None = None
 
     @property
     def bootstrap_servers(self) -> list[str]:
