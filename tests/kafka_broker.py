@@ -15,8 +15,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -178,3 +180,50 @@ def _stop_leftovers() -> None:
     for run_dir in list(_started):
         with contextlib.suppress(BrokerError):
             stop_broker(run_dir)
+
+
+def stop_broker_keeping_data(run_dir: Path | str, timeout_s: float = 30.0) -> list[str]:
+    """SIGTERM the broker of ``run_dir`` and wait for it to exit; its data stays.
+
+    Returns the broker's command line, for ``start_broker_again``. (``broker down`` and
+    ``up`` would wipe the data directory.)
+    """
+    run_dir = Path(run_dir).resolve()
+    pid = int((run_dir / "broker.pid").read_text().strip())
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10.0
+        time.sleep(0.2)
+    return [a.decode() for a in argv]
+
+
+def start_broker_again(run_dir: Path | str, argv: list[str], timeout_s: float = 90.0) -> None:
+    """Start the broker stopped by ``stop_broker_keeping_data`` with the same data and ports."""
+    run_dir = Path(run_dir).resolve()
+    port = int(_port_of(run_dir))
+    with open(run_dir / "broker.log", "ab") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+    (run_dir / "broker.pid").write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise BrokerError(f"the restarted broker exited:\n{broker_log_tail(run_dir)}")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
+            return
+        if time.monotonic() > deadline:
+            raise BrokerError(f"the restarted broker did not listen within {timeout_s:.0f}s")
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
