@@ -153,6 +153,7 @@ class Delivery(Service):  # type: ignore[misc]
         self._records: collections.deque[_Record] = collections.deque()
         self._sent = 0
         self._producer: ProducerLike | None = None
+        self._starting: ProducerLike | None = None
         self._generation = 0  # bumped whenever the producer is replaced
         self._replace = False
         self._wake = asyncio.Event()
@@ -221,9 +222,10 @@ class Delivery(Service):  # type: ignore[misc]
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(self._pump), self.close_timeout_s)
             self._pump = None
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            await self._close(producer)
+        for producer in (self._producer, self._starting):
+            if producer is not None:
+                await self._close(producer)
+        self._producer = self._starting = None
         self._fail_all(DeliveryStopped(self._why_stopped()))
 
     # -- the pump -----------------------------------------------------------------
@@ -251,7 +253,7 @@ class Delivery(Service):  # type: ignore[misc]
     async def _pump_records(self) -> None:
         lo, hi = self._backoff
         renew_delay = enqueue_delay = lo
-        while self.refusal is None:
+        while self.refusal is None and not self._closing:
             if self._replace or self._producer is None:
                 if self._producer is not None:
                     await asyncio.sleep(renew_delay)  # a producer that fails at once, again
@@ -307,15 +309,17 @@ class Delivery(Service):  # type: ignore[misc]
             rec.sent_at = None
         self._replace = False
         producer = self._factory()
+        self._starting = producer  # closed by on_stop if the start is cut short
         try:
             await asyncio.wait_for(producer.start(), self.close_timeout_s + 10.0)
         except Exception as exc:
+            self._starting = None
             log.warning("delivery: producer cannot start (%r); retrying", exc)
             await self._close(producer)
             if is_permanent(exc):
                 self._refuse(self._records[0] if self._records else None, exc)
             return False
-        self._producer = producer
+        self._producer, self._starting = producer, None
         self.producers_started += 1
         if self.producers_started > 1:
             log.warning(

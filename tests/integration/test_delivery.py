@@ -66,7 +66,9 @@ async def create_topic(bootstrap: str, topic: str, partitions: int, **config: st
         await admin.close()
 
 
-async def read_all(bootstrap: str, topic: str) -> dict[int, list[tuple[int, bytes]]]:
+async def read_all(
+    bootstrap: str, topic: str, partitions: int
+) -> dict[int, list[tuple[int, bytes]]]:
     """Every committed record of the topic: partition -> [(offset, value)]."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -76,15 +78,13 @@ async def read_all(bootstrap: str, topic: str) -> dict[int, list[tuple[int, byte
     )
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not tps:
-            tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         out: dict[int, list[tuple[int, bytes]]] = {tp.partition: [] for tp in tps}
         deadline = time.monotonic() + 60
-        while any(await consumer.position(tp) < ends[tp] for tp in tps):
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
             assert time.monotonic() < deadline, "could not read the topic back"
             batches = await consumer.getmany(timeout_ms=500)
             for tp, msgs in batches.items():
@@ -156,7 +156,7 @@ def test_a_refused_write_stops_delivery_and_nothing_after_it_is_reported(
             t0 = time.monotonic()
             await svc.stop()
             assert time.monotonic() - t0 < 10
-        log = await read_all(kafka_bootstrap, topic)
+        log = await read_all(kafka_bootstrap, topic, 1)
         assert [v for _, v in log[0]][:3] == [b"small-0", b"small-1a", b"small-1b"]
         assert b"x" * 1000 not in [v for _, v in log[0]]
 
@@ -261,12 +261,12 @@ def test_three_broker_restarts_lose_nothing_reorder_nothing_duplicate_nothing(
         # no future resolved while the broker was away
         for i, at in resolved_at.items():
             for stopped, back in down:
-                assert not (stopped + 0.5 < at < back), f"record {i} resolved while down"
+                assert not (stopped + 2.0 < at < back), f"record {i} resolved while down"
         # from the broker's return to the first acknowledgement after it
         resumed = [
             min(t for t in resolved_at.values() if t > stopped) - back for stopped, back in down
         ]
-        log = await read_all(bootstrap, topic)
+        log = await read_all(bootstrap, topic, PARTITIONS)
         print(
             f"sent {len(sent)} records through {RESTARTS} restarts of {DOWN_S:.0f}s; "
             f"producers started {svc.producers_started}; first ack after each return "

@@ -101,9 +101,7 @@ class World:
         )
 
     def failures(self, topic: str) -> float | None:
-        return self.registry.get_sample_value(
-            "frwatch_delivery_failures_total", {"topic": topic}
-        )
+        return self.registry.get_sample_value("frwatch_delivery_failures_total", {"topic": topic})
 
 
 async def until(cond: Callable[[], bool]) -> None:
