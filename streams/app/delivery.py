@@ -6,7 +6,9 @@ resolve in call order. A producer that cannot go on (out-of-order sequence or un
 producer id after a broker restart, a fenced epoch, a dead sender task, or no
 acknowledgement for `stall_s`) is closed and replaced, and every record not yet
 acknowledged is sent again through the new one in the original order: the same
-producer's sequence numbers never match again (issue 14, item 1). A broker that is down
+producer's sequence numbers never match again (issue 14, item 1; aiokafka 0.14 fails a
+batch that waited request_timeout_ms for a leader after numbering it, which is what a
+broker down for 40 s does). A broker that is down
 or slow is waited out by the producer itself, which retries without duplicates. A write
 that Kafka refuses for good (size, authorisation, invalid topic, unsupported version)
 stops the service (SPEC 2.3, 6.1): `on_fatal(topic, exc)` once, one
