@@ -22,6 +22,9 @@ SECTORS = (
     "other",
 )
 _COUNTRY = re.compile(r"[A-Z]{2}\Z")
+#: SPEC 2.1's limits, which hold for account records too (SPEC 3)
+MAX_STRING_CHARS = 1024
+MAX_ARRAY_ITEMS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +82,13 @@ class _Invalid(Exception):
 
 def _opt_str(rec: dict[str, Any], field: str) -> str | None:
     v = rec.get(field)
-    if v is None or type(v) is str:
+    if v is None:
         return v
-    raise _Invalid(WRONG_TYPE, field, f"{field} must be a string or null")
+    if type(v) is not str:
+        raise _Invalid(WRONG_TYPE, field, f"{field} must be a string or null")
+    if len(v) > MAX_STRING_CHARS:
+        raise _Invalid(OUT_OF_RANGE, field, f"{field} is longer than {MAX_STRING_CHARS} characters")
+    return v
 
 
 def _opt_sector(rec: dict[str, Any], field: str) -> str | None:
@@ -99,6 +106,10 @@ def _validate(rec: dict[str, Any]) -> AccountRecord:
         raise _Invalid(WRONG_TYPE, "account_id", "account_id must be a string")
     if not account_id:
         raise _Invalid(OUT_OF_RANGE, "account_id", "account_id must not be empty")
+    if len(account_id) > MAX_STRING_CHARS:
+        raise _Invalid(
+            OUT_OF_RANGE, "account_id", f"account_id is longer than {MAX_STRING_CHARS} characters"
+        )
     country = _opt_str(rec, "country")
     if country is not None and not _COUNTRY.match(country):
         raise _Invalid(
@@ -109,6 +120,13 @@ def _validate(rec: dict[str, Any]) -> AccountRecord:
     if uv is not None:
         if type(uv) is not list or any(type(u) is not str for u in uv):
             raise _Invalid(WRONG_TYPE, "approved_uses", "approved_uses must be an array of strings")
+        if len(uv) > MAX_ARRAY_ITEMS or any(len(u) > MAX_STRING_CHARS for u in uv):
+            raise _Invalid(
+                OUT_OF_RANGE,
+                "approved_uses",
+                f"approved_uses holds at most {MAX_ARRAY_ITEMS} strings of at most "
+                f"{MAX_STRING_CHARS} characters",
+            )
         uses = tuple(uv)
     updated_at_ms = None
     ua = rec.get("updated_at")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -24,6 +25,11 @@ REASONS: Final = (
     FUTURE_TIMESTAMP,
     INTERNAL_ERROR,
 )
+
+#: the most of the original that a dead letter's `raw` holds (SPEC 2.3), in UTF-8 bytes
+RAW_LIMIT_BYTES: Final = 64 * 1024
+#: the most of a rejection's `detail` that a dead letter holds, in characters
+DETAIL_LIMIT_CHARS: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,18 +52,43 @@ class DeadLetter:
     offset: int | None = None
 
     def to_json(self) -> bytes:
-        """Serialize as the DLQ topic's value."""
-        return orjson.dumps(
-            {
-                "reason": self.rejection.reason,
-                "field": self.rejection.field,
-                "detail": self.rejection.detail,
-                "raw": self.raw,
-                "topic": self.topic,
-                "partition": self.partition,
-                "offset": self.offset,
-            }
-        )
+        """Serialize as the DLQ topic's value, bounded whatever the input (SPEC 2.3).
+
+        `raw` holds at most `RAW_LIMIT_BYTES` of the original (cut at a character boundary);
+        `raw_bytes` and `raw_sha256` describe the whole original as UTF-8 text (invalid bytes
+        already replaced by `raw_text`). Even 64 KiB of control bytes, escaped six-fold by
+        JSON, stays far below the topic's default 1 MB.
+        """
+        return orjson.dumps(self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The DLQ value as a dict (see `to_json`)."""
+        raw, truncated, n_bytes, sha256 = bounded_raw(self.raw)
+        detail = self.rejection.detail
+        if len(detail) > DETAIL_LIMIT_CHARS:
+            detail = detail[:DETAIL_LIMIT_CHARS] + "…"
+        return {
+            "reason": self.rejection.reason,
+            "field": self.rejection.field,
+            "detail": detail,
+            "raw": raw,
+            "raw_truncated": truncated,
+            "raw_bytes": n_bytes,
+            "raw_sha256": sha256,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+        }
+
+
+def bounded_raw(text: str, limit: int = RAW_LIMIT_BYTES) -> tuple[str, bool, int, str]:
+    """`text` cut to `limit` UTF-8 bytes, whether it was cut, its whole size and sha256."""
+    data = text.encode("utf-8", errors="replace")
+    sha256 = hashlib.sha256(data).hexdigest()
+    if len(data) <= limit:
+        return text, False, len(data), sha256
+    # a character cut in two at the limit is left out whole
+    return data[:limit].decode("utf-8", errors="ignore"), True, len(data), sha256
 
 
 def raw_text(data: bytes | str | None) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -22,6 +24,11 @@ GALLERY_KINDS = ("suspects", "inmates", "mugshots", "watchlist", "employees", "c
 CAPTURE_DEVICES = ("body_camera", "dash_camera", "mobile", "cctv", "uploaded", "other")
 CAPTURE_SETTINGS = ("in_the_wild", "controlled", "other")
 INTENT_LABELS = ("identify_person", "verify_identity", "describe_scene", "none")
+
+#: SPEC 2.1's limits: characters of a string field (event_id: 128), items of an array
+MAX_STRING_CHARS = 1024
+MAX_EVENT_ID_CHARS = 128
+MAX_ARRAY_ITEMS = 1000
 
 
 class Gallery(NamedTuple):
@@ -126,7 +133,7 @@ def _wrong(field: str, want: str, v: object) -> _Invalid:
     return _Invalid(WRONG_TYPE, field, f"{field} must be {want}, got {_type_name(v)}")
 
 
-def _required_str(rec: dict[str, Any], field: str, max_len: int | None = None) -> str:
+def _required_str(rec: dict[str, Any], field: str, max_len: int = MAX_STRING_CHARS) -> str:
     v = rec.get(field)
     if v is None:
         raise _Invalid(MISSING_FIELD, field, f"required field {field} is missing")
@@ -134,16 +141,20 @@ def _required_str(rec: dict[str, Any], field: str, max_len: int | None = None) -
         raise _wrong(field, "a string", v)
     if not v:
         raise _Invalid(OUT_OF_RANGE, field, f"{field} must not be empty")
-    if max_len is not None and len(v) > max_len:
+    if len(v) > max_len:
         raise _Invalid(OUT_OF_RANGE, field, f"{field} is longer than {max_len} characters")
     return v
 
 
 def _optional_str(obj: dict[str, Any], key: str, field: str) -> str | None:
     v = obj.get(key)
-    if v is None or type(v) is str:
+    if v is None:
         return v
-    raise _wrong(field, "a string", v)
+    if type(v) is not str:
+        raise _wrong(field, "a string", v)
+    if len(v) > MAX_STRING_CHARS:
+        raise _Invalid(OUT_OF_RANGE, field, f"{field} is longer than {MAX_STRING_CHARS} characters")
+    return v
 
 
 def _optional_count(rec: dict[str, Any], field: str) -> int | None:
@@ -188,7 +199,7 @@ def parse_event_time(v: object, field: str = "ts") -> int:
 
 
 def _validate(rec: dict[str, Any]) -> RequestEvent:
-    event_id = _required_str(rec, "event_id", 128)
+    event_id = _required_str(rec, "event_id", MAX_EVENT_ID_CHARS)
     ts_ms = parse_event_time(rec.get("ts"))
     account_id = _required_str(rec, "account_id")
     operation = _required_str(rec, "operation")
@@ -200,9 +211,19 @@ def _validate(rec: dict[str, Any]) -> RequestEvent:
     if sv is not None:
         if type(sv) is not list:
             raise _wrong("subject_ids", "an array of strings", sv)
+        if len(sv) > MAX_ARRAY_ITEMS:
+            raise _Invalid(
+                OUT_OF_RANGE, "subject_ids", f"subject_ids holds more than {MAX_ARRAY_ITEMS} items"
+            )
         for s in sv:
             if type(s) is not str:
                 raise _wrong("subject_ids", "an array of strings", s)
+            if len(s) > MAX_STRING_CHARS:
+                raise _Invalid(
+                    OUT_OF_RANGE,
+                    "subject_ids",
+                    f"an item of subject_ids is longer than {MAX_STRING_CHARS} characters",
+                )
         subjects = tuple(sv)
     gallery = capture = intent = None
     g = _optional_object(rec, "gallery")
@@ -243,7 +264,6 @@ def _validate(rec: dict[str, Any]) -> RequestEvent:
     )
 
 
-_NONE_OR_STR = frozenset({type(None), str})
 _NUMBER = frozenset({int, float})
 
 
@@ -263,9 +283,11 @@ def accepted_ts(rec: dict[str, Any]) -> int:
         or type(account_id) is not str
         or type(operation) is not str
         or not event_id
-        or len(event_id) > 128
+        or len(event_id) > MAX_EVENT_ID_CHARS
         or not account_id
         or not operation
+        or len(account_id) > MAX_STRING_CHARS
+        or len(operation) > MAX_STRING_CHARS
     ):
         return -1
     ts = get("ts")
@@ -278,13 +300,10 @@ def accepted_ts(rec: dict[str, Any]) -> int:
         return -1
     if not 0 <= ts <= MAX_TS_MS:
         return -1
-    if (
-        type(get("api_key_id")) not in _NONE_OR_STR
-        or type(get("model")) not in _NONE_OR_STR
-        or type(get("region")) not in _NONE_OR_STR
-        or type(get("client_ip")) not in _NONE_OR_STR
-    ):
-        return -1
+    for name in _OPTIONAL_STRINGS:
+        v = get(name)
+        if v is not None and (type(v) is not str or len(v) > MAX_STRING_CHARS):
+            return -1
     n = get("image_count")
     if n is not None and (type(n) is not int or n < 0):
         return -1
@@ -293,30 +312,33 @@ def accepted_ts(rec: dict[str, Any]) -> int:
         return -1
     i = get("intent")
     if i is not None:
-        if type(i) is not dict or type(i.get("label")) not in _NONE_OR_STR:
+        if type(i) is not dict or not _short_or_none(i.get("label")):
             return -1
         score = i.get("score")
         if score is not None and (type(score) not in _NUMBER or not 0 <= score <= 1):
             return -1
     sv = get("subject_ids")
     if sv is not None:
-        if type(sv) is not list:
+        if type(sv) is not list or len(sv) > MAX_ARRAY_ITEMS:
             return -1
         for x in sv:
-            if type(x) is not str:
+            if type(x) is not str or len(x) > MAX_STRING_CHARS:
                 return -1
     for name, a, b in _PAIRS:
         o = get(name)
         if o is not None and (
-            type(o) is not dict
-            or type(o.get(a)) not in _NONE_OR_STR
-            or type(o.get(b)) not in _NONE_OR_STR
+            type(o) is not dict or not _short_or_none(o.get(a)) or not _short_or_none(o.get(b))
         ):
             return -1
     return ts  # type: ignore[no-any-return]
 
 
 _PAIRS = (("gallery", "id", "kind"), ("capture", "device", "setting"))
+_OPTIONAL_STRINGS = ("api_key_id", "model", "region", "client_ip")
+
+
+def _short_or_none(v: object) -> bool:
+    return v is None or (type(v) is str and len(v) <= MAX_STRING_CHARS)
 
 
 def build_event(rec: dict[str, Any], ts_ms: int) -> RequestEvent:
@@ -351,6 +373,8 @@ _new = tuple.__new__
 
 def parse_request_record(rec: object) -> RequestEvent | Rejection:
     """Validate one decoded record (SPEC 2.1): the event, or why it is malformed."""
+    if type(rec) is UnparsedRecord:
+        return Rejection(NOT_JSON, None, f"record nested too deep to decode ({rec.detail})")
     if type(rec) is not dict:
         return Rejection(NOT_OBJECT, None, f"record must be a JSON object, got {_type_name(rec)}")
     ts_ms = accepted_ts(rec)
@@ -372,15 +396,30 @@ def is_batch(obj: dict[str, Any]) -> bool:
     return "records" in obj and "event_id" not in obj
 
 
+@dataclass(frozen=True, slots=True)
+class UnparsedRecord:
+    """A batch record that could not be decoded on its own (nested deeper than orjson reads)."""
+
+    text: str
+    detail: str
+
+
 def request_records(data: bytes | str) -> tuple[list[Any], bool] | RejectedRecord:
     """The records of one message (its batch entries, or itself) and whether it was a batch.
 
     A message that holds no record at all (not JSON, a batch whose `records` is not an
-    array) is one malformed record.
+    array) is one malformed record. A batch that orjson cannot read because one record is
+    nested deeper than it reads (1,024 levels) is split without decoding it: each entry is
+    decoded on its own, and an entry that still cannot be is an `UnparsedRecord` (malformed
+    on its own, SPEC 2.1), so its neighbours go on.
     """
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc):
+            entries = _batch_entries(data.encode() if isinstance(data, str) else data)
+            if entries is not None:
+                return [_decode_entry(e) for e in entries], True
         return RejectedRecord(Rejection(NOT_JSON, None, f"not JSON: {exc}"), raw_text(data))
     if type(obj) is dict and is_batch(obj):
         records = obj["records"]
@@ -391,8 +430,68 @@ def request_records(data: bytes | str) -> tuple[list[Any], bool] | RejectedRecor
     return [obj], False
 
 
+def _decode_entry(entry: bytes) -> Any:
+    try:
+        return orjson.loads(entry)
+    except orjson.JSONDecodeError as exc:
+        return UnparsedRecord(raw_text(entry), f"not JSON: {exc}")
+
+
+# a JSON string (escapes included), or one structural character
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\],:]', re.S)
+_WS = b" \t\r\n"
+
+
+def _batch_entries(data: bytes) -> list[bytes] | None:
+    """The texts of a batch's `records` entries, found without decoding them.
+
+    None when `data` is not a batch object with a `records` array (then the message as a
+    whole is not JSON). The scan only finds boundaries; each entry is validated later.
+    """
+    text = data.strip(_WS)
+    if not text.startswith(b"{") or not text.endswith(b"}"):
+        return None
+    depth = 0
+    prev = b""  # the previous token
+    key: bytes | None = None
+    in_records = False
+    has_event_id = False
+    found = False
+    start = 0
+    entries: list[bytes] = []
+    for m in _TOKEN.finditer(text):
+        tok = m.group()
+        if tok[0] == 0x22:  # a string
+            if depth == 1 and prev in (b"{", b","):
+                key = tok
+                has_event_id = has_event_id or tok == b'"event_id"'
+        elif tok in (b"{", b"["):
+            depth += 1
+            if depth == 2 and tok == b"[" and prev == b":" and key == b'"records"':
+                in_records = found = True
+                start = m.end()
+        elif tok in (b"}", b"]"):
+            if depth == 2 and in_records and tok == b"]":
+                entry = text[start : m.start()].strip(_WS)
+                if entry or entries:
+                    entries.append(entry)
+                in_records = False
+            depth -= 1
+            if depth < 0:
+                return None
+        elif tok == b"," and depth == 2 and in_records:
+            entries.append(text[start : m.start()].strip(_WS))
+            start = m.end()
+        prev = tok
+    if depth != 0 or not found or has_event_id:
+        return None
+    return entries
+
+
 def record_text(rec: object, message: bytes | str, batched: bool) -> str:
     """A record's text as sent (what a dead letter carries): its batch entry, or the message."""
+    if type(rec) is UnparsedRecord:
+        return rec.text
     return _record_text(rec, message) if batched else raw_text(message)
 
 
@@ -421,9 +520,14 @@ def decode_request_message(data: bytes | str) -> list[RequestEvent | RejectedRec
 
 
 def _record_text(rec: object, message: bytes | str) -> str:
-    """One batch record as text; the whole message when the record cannot be re-serialized."""
+    """One batch record as compact JSON; the whole message when it cannot be re-serialized."""
     try:
         return orjson.dumps(rec).decode()
     except orjson.JSONEncodeError:
-        # orjson writes at most 254 levels of nesting but reads 1024: never crash on a deep record
+        pass
+    # orjson writes at most 254 levels of nesting but reads 1024: the standard library writes
+    # as deep as Python's recursion limit
+    try:
+        return json.dumps(rec, ensure_ascii=False, separators=(",", ":"))
+    except (RecursionError, ValueError, TypeError):
         return raw_text(message)

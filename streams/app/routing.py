@@ -29,6 +29,11 @@ from topics.requests import (
 )
 
 FUTURE_TOLERANCE_MS = 5 * 60_000
+#: the default bound of one message to the detect topic (its max.message.bytes is larger)
+MAX_FORWARD_MESSAGE_BYTES = 512 * 1024
+#: room left in a message for Kafka's record-batch framing, key and headers
+MESSAGE_OVERHEAD_BYTES = 512
+_ENVELOPE = (b'{"items":[', b"]}")
 SCOPES = (("account_id", "a"), ("org_id", "o"))  # the order of streams.core.engine.SCOPE_ORDER
 
 
@@ -158,7 +163,9 @@ class Screen:
                 letters.append((_internal_error(exc), record_text(rec, message, batched)))
                 continue
             if gated:
-                gated_records((rec, ts_ms))
+                # only SPEC 2.1's fields travel on: whatever else a record carries (a field
+                # nested deeper than orjson writes, say) never has to be serialised again
+                gated_records((build_event(rec, ts_ms).to_wire(), ts_ms))
             else:
                 accounts(rec["account_id"])
                 event_ts(ts_ms)
@@ -167,9 +174,17 @@ class Screen:
 
 @dataclass(slots=True)
 class Routed:
-    """What one input message turned into."""
+    """What one input message turned into.
+
+    `forward_messages` is what to send to the detect topic: (partition, value) pairs, each
+    value a `{"items": [...]}` message below the router's `max_message_bytes`; the items of
+    one partition are split over as many messages as that takes, in order. `forwards` (the
+    same items as dicts, partition -> items) is kept for callers that serialise themselves;
+    it does not bound sizes.
+    """
 
     forwards: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    forward_messages: list[tuple[int, bytes]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     processed: int = 0
     malformed: int = 0
@@ -186,9 +201,23 @@ class Routed:
 class Router:
     """Validates and routes records; the same rules decide routing and detection."""
 
-    def __init__(self, rules: RuleSet, directory: AccountDirectory, partitions: int) -> None:
+    def __init__(
+        self,
+        rules: RuleSet,
+        directory: AccountDirectory,
+        partitions: int,
+        max_message_bytes: int = MAX_FORWARD_MESSAGE_BYTES,
+    ) -> None:
+        """`max_message_bytes`: the detect topic's `max.message.bytes` (or less).
+
+        Forward values stay `MESSAGE_OVERHEAD_BYTES` below it; a record whose forward alone
+        would not fit is dead-lettered (`internal_error`) instead of sent.
+        """
+        if max_message_bytes <= MESSAGE_OVERHEAD_BYTES + 64:
+            raise ValueError(f"max_message_bytes must exceed {MESSAGE_OVERHEAD_BYTES + 64}")
         self.directory = directory
         self.partitions = partitions
+        self.max_value_bytes = max_message_bytes - MESSAGE_OVERHEAD_BYTES
         self.scoped = tuple(
             (tag, RuleIndex(tuple(r for r in rules.rules if r.group_by == scope)))
             for scope, tag in SCOPES
@@ -242,10 +271,19 @@ class Router:
         event_ts = out.event_ts_ms
         forwarded = 0
         account_of = self.directory.get
+        limit = self.max_value_bytes - len(_ENVELOPE[0]) - len(_ENVELOPE[1])
+        serialized: dict[int, list[bytes]] = {}
         for rec, ts_ms in screened.gated:
             try:
                 account = account_of(rec["account_id"])
                 forwards = self._plan(build_event(rec, ts_ms), account, kafka_ts_ms)
+                values = [orjson.dumps(item) for _, item in forwards]
+                too_big = max(map(len, values), default=0)
+                if too_big > limit:
+                    raise ForwardTooLarge(
+                        f"its forward to the detect topic is {too_big} bytes, over the limit "
+                        f"of {limit} bytes"
+                    )
             except Exception as exc:  # a deterministic bug: dead-letter it, never skip silently
                 out.error += 1
                 out.dead_letters.append(
@@ -265,8 +303,11 @@ class Router:
             if not forwards:
                 continue
             forwarded += 1  # counted by stage 2
-            for dest, item in forwards:
+            for (dest, item), data in zip(forwards, values, strict=True):
                 out.forwards.setdefault(dest, []).append(item)
+                serialized.setdefault(dest, []).append(data)
+        for dest, datas in serialized.items():
+            out.forward_messages.extend((dest, m) for m in _split_items(datas, limit))
         routed = len(event_ts)
         out.hits, out.misses, out.processed = routed - misses, misses, routed - forwarded
         return out
@@ -294,6 +335,27 @@ class Router:
                 }
                 forwards.append((destination(gk, self.partitions), item))
         return forwards
+
+
+class ForwardTooLarge(Exception):
+    """A record's forward alone exceeds the detect topic's message size."""
+
+
+def _split_items(items: list[bytes], limit: int) -> list[bytes]:
+    """`{"items": [...]}` messages of serialised items, in order, each within `limit` + envelope."""
+    messages: list[bytes] = []
+    chunk: list[bytes] = []
+    size = 0
+    for data in items:
+        # each item after the first costs a comma
+        if chunk and size + 1 + len(data) > limit:
+            messages.append(_ENVELOPE[0] + b",".join(chunk) + _ENVELOPE[1])
+            chunk, size = [], 0
+        size += len(data) + (1 if chunk else 0)
+        chunk.append(data)
+    if chunk:
+        messages.append(_ENVELOPE[0] + b",".join(chunk) + _ENVELOPE[1])
+    return messages
 
 
 def _account_wire(account: AccountRecord | None) -> dict[str, Any] | None:

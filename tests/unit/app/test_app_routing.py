@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 from typing import Any
 
 import orjson
@@ -134,7 +135,18 @@ def test_malformed_record_becomes_a_dead_letter_with_its_origin(
     assert dl.raw == raw.decode()
     assert (dl.topic, dl.partition, dl.offset) == (TOPIC, 5, 1234)
     doc = orjson.loads(dl.to_json())
-    assert set(doc) == {"reason", "field", "detail", "raw", "topic", "partition", "offset"}
+    assert set(doc) == {
+        "reason",
+        "field",
+        "detail",
+        "raw",
+        "raw_truncated",
+        "raw_bytes",
+        "raw_sha256",
+        "topic",
+        "partition",
+        "offset",
+    }
     assert doc["raw"] == raw.decode() and doc["offset"] == 1234
 
 
@@ -503,13 +515,20 @@ def test_screened_survives_the_wire_unchanged() -> None:
         7,
         {"event_id": "no-ts"},
         event("fut", ts=NOW + 10 * 60_000),
-        event("uni", "acct-ünï", "face.identify", note="ünïcødé \u2028", score=0.1 + 0.2),
+        event(
+            "uni",
+            "acct-ünï",
+            "face.identify",
+            model="ünïcødé \u2028",
+            intent={"label": "none", "score": 0.1 + 0.2},
+        ),
     ]
     screened = router().screen.screen(orjson.dumps({"records": records}), NOW)
     assert screened.gated and screened.accounts and screened.letters and screened.batched
     back = Screened.from_wire(screened.to_wire())
     assert back == screened
-    assert back.gated[-1][0]["score"] == 0.1 + 0.2  # floats round-trip exactly
+    assert back.gated[-1][0]["intent"]["score"] == 0.1 + 0.2  # floats round-trip exactly
+    assert "note" not in back.gated[-1][0]  # only SPEC 2.1's fields travel on
 
 
 def test_screening_needs_no_directory_and_routing_counts_hits_when_routed() -> None:
@@ -521,3 +540,87 @@ def test_screening_needs_no_directory_and_routing_counts_hits_when_routed() -> N
     r.directory.apply(AccountRecord("acct-new", org_id="org-new", sector="commercial"))
     out = r.route_screened(screened, data, TOPIC, 0, 1, KAFKA_TS, NOW)
     assert (out.hits, out.misses, out.processed) == (2, 0, 2)
+
+
+# --- hostile input (SPEC 2.1, 2.3) ----------------------------------------------------------
+
+
+def _deep(levels: int) -> Any:
+    v: Any = 0
+    for _ in range(levels):
+        v = [v]
+    return v
+
+
+def test_a_record_nested_deeper_than_orjson_writes_leaves_its_neighbours_detected() -> None:
+    good = [event(f"ok-{i}", "acct-metro-pd", "face.identify") for i in range(50)]
+    bad = event("deep-1", "acct-metro-pd", "face.identify", extra={"x": _deep(300)})
+    data = b'{"records":[' + b",".join([*map(orjson.dumps, good[:25])]) + b","
+    data += json.dumps(bad).encode() + b"," + b",".join(map(orjson.dumps, good[25:])) + b"]}"
+    out = route(router(), data)
+    # the deep record is valid: its extra field is ignored, never re-serialised
+    assert out.dead_letters == [] and out.error == 0
+    assert {i["e"]["event_id"] for i in items(out)} == {*(g["event_id"] for g in good), "deep-1"}
+
+
+def test_a_record_nested_deeper_than_orjson_reads_is_malformed_alone() -> None:
+    good = [event(f"ok-{i}", "acct-metro-pd", "face.identify") for i in range(3)]
+    deep = b'{"event_id":"deep","x":' + b"[" * 1100 + b"]" * 1100 + b"}"
+    data = b'{"records":[' + orjson.dumps(good[0]) + b"," + deep + b","
+    data += b",".join(map(orjson.dumps, good[1:])) + b'], "note": "x]},["}'
+    out = route(router(), data, offset=5)
+    assert out.malformed == 1
+    (letter,) = out.dead_letters
+    assert letter.rejection.reason == NOT_JSON and "too deep" in letter.rejection.detail
+    assert letter.raw == deep.decode()
+    assert {i["e"]["event_id"] for i in items(out)} == {"ok-0", "ok-1", "ok-2"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("model", "m" * 1_000_000),
+        ("account_id", "a" * 1025),
+        ("operation", "o" * 1025),
+        ("client_ip", "1" * 1025),
+        ("subject_ids", ["s"] * 1001),
+        ("subject_ids", ["s" * 1025]),
+        ("gallery", {"id": "g" * 1025, "kind": "suspects"}),
+        ("intent", {"label": "l" * 1025, "score": 0.9}),
+    ],
+)
+def test_over_long_strings_and_arrays_are_out_of_range(field: str, value: Any) -> None:
+    ev = {**event("long-1", "acct-metro-pd", "face.identify"), field: value}
+    out = route(router(), ev)
+    assert out.malformed == 1 and out.forwards == {} and out.forward_messages == []
+    (letter,) = out.dead_letters
+    assert letter.rejection.reason == OUT_OF_RANGE
+    assert letter.rejection.field is not None and letter.rejection.field.startswith(field)
+    assert len(letter.to_json()) < 100_000
+
+
+def test_forwards_are_split_below_the_message_limit_in_order() -> None:
+    limit = 8 * 1024
+    r = Router(RULES, directory(), PARTITIONS, max_message_bytes=limit)
+    evs = [event(f"id-{i:04d}", "acct-metro-pd", "face.identify") for i in range(2400)]
+    out = route(r, {"records": evs})
+    assert out.error == 0 and out.dead_letters == []
+    assert len(out.forward_messages) > 1
+    got: dict[int, list[dict[str, Any]]] = {}
+    for part, value in out.forward_messages:
+        assert len(value) <= limit - 512
+        got.setdefault(part, []).extend(orjson.loads(value)["items"])
+    assert got == out.forwards
+    assert sum(len(v) for v in got.values()) == sum(len(v) for v in out.forwards.values())
+
+
+def test_a_record_whose_forward_alone_is_too_big_is_dead_lettered() -> None:
+    r = Router(RULES, directory(), PARTITIONS, max_message_bytes=4096)
+    big = event("big-1", "acct-metro-pd", "face.identify", subject_ids=["s" * 1000] * 5)
+    small = event("small-1", "acct-metro-pd", "face.identify")
+    out = route(r, {"records": [big, small]})
+    assert out.error == 1
+    (letter,) = out.dead_letters
+    assert letter.rejection.reason == INTERNAL_ERROR and "bytes" in letter.rejection.detail
+    assert {i["e"]["event_id"] for i in items(out)} == {"small-1"}
+    assert all(len(v) <= 4096 - 512 for _, v in out.forward_messages)

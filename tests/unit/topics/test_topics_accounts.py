@@ -15,7 +15,17 @@ from topics.accounts import (
     decode_account_message,
     parse_account_record,
 )
-from topics.dlq import MISSING_FIELD, NOT_JSON, NOT_OBJECT, OUT_OF_RANGE, WRONG_TYPE, Rejection
+from topics.dlq import (
+    MISSING_FIELD,
+    NOT_JSON,
+    NOT_OBJECT,
+    OUT_OF_RANGE,
+    RAW_LIMIT_BYTES,
+    WRONG_TYPE,
+    DeadLetter,
+    Rejection,
+    raw_text,
+)
 
 FULL: dict[str, Any] = {
     "account_id": "acct-1",
@@ -327,3 +337,28 @@ def test_wire_snapshot_round_trips() -> None:
     again = AccountRecord.from_wire(rec.to_wire())
     assert again.to_wire() == rec.to_wire()
     assert again.approved_uses == rec.approved_uses
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("org_name", "n" * 1_000_000),
+        ("org_id", "o" * 1025),
+        ("account_id", "a" * 1025),
+        ("approved_uses", ["identification"] * 1001),
+        ("approved_uses", ["u" * 1025]),
+    ],
+)
+def test_over_long_strings_and_arrays_are_out_of_range(field: str, value: object) -> None:
+    r = rejected(acc(**{field: value}))
+    assert (r.reason, r.field) == (OUT_OF_RANGE, field)
+    assert len(r.detail) < 200
+
+
+def test_a_1mb_rejected_account_record_gives_a_bounded_dead_letter() -> None:
+    value = orjson.dumps(acc(org_name="n" * 1_000_000))
+    verdict = decode_account_message(b"acct-1", value)
+    assert isinstance(verdict, Rejection) and verdict.reason == OUT_OF_RANGE
+    letter = orjson.loads(DeadLetter(verdict, raw_text(value), "api.accounts", 0, 3).to_json())
+    assert letter["raw_truncated"] is True and letter["raw_bytes"] == len(value)
+    assert len(letter["raw"].encode()) <= RAW_LIMIT_BYTES

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ from topics.dlq import (
     NOT_JSON,
     NOT_OBJECT,
     OUT_OF_RANGE,
+    RAW_LIMIT_BYTES,
     REASONS,
     WRONG_TYPE,
     DeadLetter,
@@ -598,7 +600,8 @@ def test_deeply_nested_batch_record_does_not_crash() -> None:
     assert [type(o) for o in out] == [RejectedRecord, RejectedRecord]
     assert isinstance(out[0], RejectedRecord)
     assert out[0].rejection.reason == NOT_OBJECT
-    assert out[0].raw == data.decode()  # falls back to the whole message
+    # orjson cannot write it back: the standard library writes that record alone
+    assert out[0].raw == (b"[" * 400 + b"]" * 400).decode()
     for o in out:
         assert isinstance(o, RejectedRecord)
         assert orjson.loads(DeadLetter(o.rejection, o.raw).to_json())["raw"] == o.raw
@@ -656,10 +659,28 @@ def test_dead_letter_carries_reason_field_detail_raw_and_position() -> None:
         "field": "gallery.kind",
         "detail": r.rejection.detail,
         "raw": r.raw,
+        "raw_truncated": False,
+        "raw_bytes": len(r.raw.encode()),
+        "raw_sha256": hashlib.sha256(r.raw.encode()).hexdigest(),
         "topic": "api.requests",
         "partition": 2,
         "offset": 41,
     }
+
+
+def test_dead_letter_of_a_huge_message_is_bounded() -> None:
+    # 200 KB of control bytes: JSON escapes each as six characters
+    for data in (bytes(range(1, 32)) * 6600, b"x" * 1_000_000, "é".encode() * 40_000):
+        (r,) = decode_request_message(data)
+        assert isinstance(r, RejectedRecord)
+        letter = DeadLetter(r.rejection, r.raw, "api.requests", 0, 1).to_json()
+        doc = orjson.loads(letter)
+        assert doc["raw_truncated"] is True
+        assert doc["raw_bytes"] == len(data)
+        assert doc["raw_sha256"] == hashlib.sha256(data).hexdigest()
+        assert len(doc["raw"].encode()) <= RAW_LIMIT_BYTES
+        assert data.decode().startswith(doc["raw"])
+        assert len(letter) < 400_000
 
 
 def test_raw_text() -> None:
