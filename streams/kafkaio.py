@@ -11,6 +11,8 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.client import AIOKafkaClient
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError
@@ -183,3 +185,37 @@ async def check_topics(settings: Settings, topics: list[str], timeout: float = 2
             f"not authorised to use topic {', '.join(hidden)} "
             "(TopicAuthorizationFailedError; see `frwatch acls`)"
         )
+
+
+# Kafka's default message.max.bytes: what a topic created without the setting takes
+BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1048588
+
+
+async def max_message_bytes(settings: Settings, topic: str, timeout: float = 20.0) -> int | None:
+    """The topic's `max.message.bytes`; Kafka's default for a topic not created yet.
+
+    None when the broker does not say (unreachable, or no DescribeConfigs right): the
+    caller keeps its own bound, and a refusal is reported when a write meets it.
+    """
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id="frwatch-topic-config",
+        request_timeout_ms=int(timeout * 1000),
+        **client_kwargs(settings),
+    )
+    try:
+        await asyncio.wait_for(admin.start(), timeout)
+        if topic not in await asyncio.wait_for(admin.list_topics(), timeout):
+            return BROKER_DEFAULT_MAX_MESSAGE_BYTES
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})
+        responses = await asyncio.wait_for(admin.describe_configs([resource]), timeout)
+    except (KafkaError, TimeoutError, OSError):
+        return None
+    finally:
+        await admin.close()
+    for response in responses:
+        for _code, _msg, _type, _name, entries in response.resources:
+            for entry in entries:
+                if entry[0] == "max.message.bytes" and entry[1] is not None:
+                    return int(entry[1])
+    return None

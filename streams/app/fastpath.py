@@ -15,6 +15,10 @@ evidence behind each is in docs/operations.md, "Faust consumer changes":
    callback that really has to wait becomes a task, with Faust's semantics from then on.
    Buffer pressure no longer pauses fetching (Faust's fetcher then slept a second): the
    next delivery waits for the buffer to drain instead, so deliveries come in bursts.
+5. Waiting for the messages taken to be acked (at a stop or a revocation) is bounded: a
+   message whose writes Kafka refused, or cannot take while it is away, is never acked
+   (streams/app/tickets.py), and Faust would wait for it forever. After `wait_empty_s`
+   what is acked is committed and the rest is processed again by whoever owns it next.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections.abc
 import contextvars
+import time
 from collections.abc import Generator, Mapping
 from functools import cached_property
 from types import CoroutineType
@@ -99,6 +104,8 @@ class FastPathConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
 
     #: how long a delivery waits for a buffer under pressure to drain before going on anyway
     drain_wait_s = 0.1
+    #: how long a stop or a revocation waits for messages in flight to be acked
+    wait_empty_s = 10.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -128,6 +135,29 @@ class FastPathConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
             self._drained.wait(), self.suspend_flow.wait(), timeout=self.drain_wait_s
         )
         self._drained.set()
+
+    async def wait_empty(self) -> None:
+        """Wait for every message taken to be acked, for at most `wait_empty_s`; commit.
+
+        Faust's own loop cannot be cut short from outside (it swallows the cancellation);
+        this one does what it does (commit, wait for an ack, forget the acked) until then.
+        """
+        deadline = time.monotonic() + self.wait_empty_s
+        while not self.should_stop and self._unacked_messages:
+            if time.monotonic() >= deadline:
+                self.log.warning(
+                    "%d messages not acked within %.0fs (their writes are not acknowledged): "
+                    "committing the rest; they are processed again",
+                    len(self._unacked_messages),
+                    self.wait_empty_s,
+                )
+                break
+            await self.commit()
+            if not self._unacked_messages:
+                break
+            await self._wait_for_ack(timeout=1)
+            self._clean_unacked_messages()
+        await self.commit_and_end_transactions()
 
     async def perform_seek(self) -> None:
         """Stop the flow, then Faust's seek to the committed offsets (the rebalance's last).

@@ -4,6 +4,11 @@ api.requests --ingest--> <app>-detect (batched per partition) --detect--> frwatc
       |                        ^ enrichment from AccountFeed           \\-> <app>-windows table
       \\--> frwatch.dlq                                                  (changelogged)
 api.accounts --account-audit--> frwatch.dlq (rejected records only)
+
+Every write goes through one checked `Delivery` (streams/app/delivery.py): an input message
+is acked (and so may be committed) only once Kafka acknowledged everything it caused, in
+input order (streams/app/tickets.py); a write Kafka refuses for good stops the worker
+(exit 1) with nothing committed past it.
 """
 
 from __future__ import annotations
@@ -17,21 +22,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-import orjson
-from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from streams import __version__
 from streams.app.account_feed import AccountFeed
 from streams.app.codecs import RawBytes
+from streams.app.delivery import Delivery, delivery_failures_counter
 from streams.app.detection import DetectStage, watermark_message
 from streams.app.fastpath import FrwatchApp
 from streams.app.in_order import SettlerStopped, ingest_in_order
 from streams.app.metrics import FAUST_PREFIX, DetectorMetrics
-from streams.app.publisher import AlertPublisher
-from streams.app.routing import Routed, Router, Screened
+from streams.app.routing import MAX_FORWARD_MESSAGE_BYTES, Routed, Router, Screened
 from streams.app.screening import ScreeningPool, ScreeningUnavailable
 from streams.app.sensors import install_metrics_endpoint
+from streams.app.tickets import InputAcker, Ticket
 from streams.core.rules import RuleSet
 from streams.kafkaio import client_kwargs, faust_kwargs
 from streams.settings import Settings
@@ -41,8 +45,6 @@ from topics.dlq import INTERNAL_ERROR, DeadLetter, Rejection, raw_text
 
 log = logging.getLogger(__name__)
 
-# failures that go away by themselves: retried, never dead-lettered (SPEC 2.3)
-TRANSIENT = (KafkaError, asyncio.TimeoutError, ConnectionError)
 FETCH_BYTES = 4 << 20  # per partition and fetch
 # messages at least this long are screened in a screening process; shorter ones (single
 # events, small batches) cost less to screen here than to send there and back
@@ -55,6 +57,9 @@ IN_FLIGHT_BYTES_PER_PROCESS = 4 << 20
 # how often every ingest tells every detect partition how far its input partitions have
 # come in event time (SPEC 4.1: the retention clock is their low watermark)
 WATERMARK_INTERVAL_S = 1.0
+# input messages routed whose writes Kafka has not acknowledged yet: ingest waits below this
+# (each holds its message, up to a 25 KB batch: a few MB in all)
+INPUTS_IN_FLIGHT = 1000
 
 
 @dataclass
@@ -63,9 +68,14 @@ class Frwatch:
 
     app: faust.App
     feed: AccountFeed
-    publisher: AlertPublisher
+    delivery: Delivery
     metrics: DetectorMetrics
     registry: CollectorRegistry
+
+    @property
+    def refused(self) -> bool:
+        """Kafka refused a write for good: the worker stopped for it (exit 1)."""
+        return self.delivery.refusal is not None
 
 
 def now_ms() -> int:
@@ -73,8 +83,19 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
-    """Wire the application; nothing connects until a Worker starts it."""
+async def wait_for_shutdown() -> None:
+    """Take nothing more: the worker is stopping, and its shutdown cancels this."""
+    await asyncio.Event().wait()
+
+
+def build_app(
+    settings: Settings, rules: RuleSet, forward_limit_bytes: int = MAX_FORWARD_MESSAGE_BYTES
+) -> Frwatch:
+    """Wire the application; nothing connects until a Worker starts it.
+
+    `forward_limit_bytes`: the detect topic's `max.message.bytes` (or less), read from the
+    broker by the worker: forwards are split below it.
+    """
     app = FrwatchApp(
         settings.app_id,
         broker=settings.faust_broker,
@@ -115,21 +136,28 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
         on_change=metrics.accounts_loaded.set,
         client=client_kwargs(settings),
     )
-    publisher = AlertPublisher(
-        settings.bootstrap_servers, settings.topic_alerts, client=client_kwargs(settings)
+
+    def stop_on_refusal(topic: str, exc: BaseException) -> None:
+        # Delivery has logged the refusal and counted it; Faust would go on with later
+        # messages, so the worker stops (exit 1), committing nothing past the undelivered
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    delivery = Delivery(
+        settings.bootstrap_servers,
+        on_fatal=stop_on_refusal,
+        failures=delivery_failures_counter(registry),
+        producer_config=client_kwargs(settings),
     )
 
     # bytes in, bytes out: frwatch decodes with orjson itself
     raw: dict[str, Any] = {"schema": RawBytes(key_serializer="raw", value_serializer="raw")}
     requests_topic = app.topic(settings.topic_requests, **raw)
     accounts_topic = app.topic(settings.topic_accounts, **raw)
-    dlq_topic = app.topic(settings.topic_dlq, **raw)
-    detect_topic = app.topic(
-        detect_topic_name(settings.app_id), internal=True, partitions=settings.partitions, **raw
-    )
+    detect_name = detect_topic_name(settings.app_id)
+    detect_topic = app.topic(detect_name, internal=True, partitions=settings.partitions, **raw)
     windows = app.Table(windows_table_name(), default=None, partitions=settings.partitions)
 
-    router = Router(rules, directory, settings.partitions)
+    router = Router(rules, directory, settings.partitions, forward_limit_bytes)
     stage = DetectStage(rules, windows, settings.partitions)
     metrics.watch_window_states(stage.store.entries_by_rule)
     rules_sha = rules.sha256
@@ -137,46 +165,53 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
     progress: dict[int, list[int]] = {}
     metrics.watch_retention_clock(lambda: min(stage.clocks.values(), default=0), now_ms)
 
-    async def send(topic: Any, **message: Any) -> None:
-        # a broker that is down or slow is waited out, never a reason to dead-letter
-        delay = 0.2
-        while True:
-            try:
-                await topic.send(**message)
-                return
-            except TRANSIENT as exc:
-                log.warning("send to %s failed (%r); retrying in %.1fs", topic, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+    def send_dead_letters(key: bytes | None, letters: list[DeadLetter]) -> list[Any]:
+        return [delivery.send(settings.topic_dlq, dl.to_json(), key) for dl in letters]
 
-    async def dead_letter(key: bytes | None, letters: list[DeadLetter]) -> None:
-        for dl in letters:
-            await send(dlq_topic, key=key, value=dl.to_json())
+    async def delivered(futures: list[Any]) -> None:
+        """Wait until Kafka acknowledged them all; a refusal stops the worker: wait for it."""
+        try:
+            await asyncio.gather(*futures)
+        except Exception:  # delivery stopped (it logged why): never go on past this
+            await wait_for_shutdown()
 
-    async def deliver(routed: Routed, key: bytes | None) -> None:
-        for partition, items in routed.forwards.items():
-            await send(detect_topic, value=orjson.dumps({"items": items}), partition=partition)
-        await dead_letter(key, routed.dead_letters)
-
-    async def internal_error(msg: Any, exc: Exception) -> None:
+    def internal_error(msg: Any, exc: Exception) -> list[Any]:
         log.exception("internal error on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
         metrics.count_results({"error": 1})
-        await dead_letter(
-            msg.key,
-            [
-                DeadLetter(
-                    Rejection(INTERNAL_ERROR, None, f"{type(exc).__name__}: {exc}"),
-                    raw_text(msg.value),
-                    msg.topic,
-                    msg.partition,
-                    msg.offset,
-                )
-            ],
+        letter = DeadLetter(
+            Rejection(INTERNAL_ERROR, None, f"{type(exc).__name__}: {exc}"),
+            raw_text(msg.value),
+            msg.topic,
+            msg.partition,
+            msg.offset,
         )
+        return send_dead_letters(msg.key, [letter])
+
+    def release_input(msg: Any) -> None:
+        # the ticket's reference was the last: the message may be committed
+        if msg.ack(app.consumer):
+            app.sensors.on_message_out(msg.tp, msg.offset, msg)
+
+    # inputs reported in the order they were routed, each once its writes are acknowledged
+    acker: InputAcker[Any] = InputAcker(release_input)
+
+    def deliver(routed: Routed, msg: Any, ticket: Ticket[Any]) -> None:
+        for partition, value in routed.forward_messages:
+            ticket.add(delivery.send(detect_name, value, partition=partition))
+        for fut in send_dead_letters(msg.key, routed.dead_letters):
+            ticket.add(fut)
 
     async def ingest_one(msg: Any, screening: asyncio.Future[Screened] | None, at_ms: int) -> None:
-        """Route one message (screened elsewhere, or here) and deliver what it turned into."""
+        """Route one message (screened elsewhere, or here) and deliver what it turned into.
+
+        The message is held (one more reference) until Kafka acknowledged its forwards and
+        dead letters, after those of every message routed before it.
+        """
+        if acker.failed:
+            await wait_for_shutdown()
         kafka_ts_ms = int(msg.timestamp * 1000)
+        msg.incref()
+        ticket = acker.open(msg)
         try:
             if screening is None:
                 routed = router.route(
@@ -190,15 +225,19 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
                 routed = router.route_screened(
                     screened, msg.value, msg.topic, msg.partition, msg.offset, kafka_ts_ms, at_ms
                 )
-            await deliver(routed, msg.key)
+            deliver(routed, msg, ticket)
         except Exception as exc:
-            await internal_error(msg, exc)
+            for fut in internal_error(msg, exc):
+                ticket.add(fut)
             mark_read(msg.partition, [], at_ms)
-            return
-        # after the forwards were handed to the producer: a watermark record sent later
-        # reaches each detect partition after them
-        mark_read(msg.partition, routed.event_ts_ms, at_ms)
-        metrics.count_routed(routed)
+        else:
+            # after the forwards were handed to the delivery: a watermark record sent later
+            # goes after them, to each detect partition
+            mark_read(msg.partition, routed.event_ts_ms, at_ms)
+            metrics.count_routed(routed)
+        finally:
+            ticket.close()
+        await acker.wait_below(INPUTS_IN_FLIGHT)
 
     def mark_read(partition: int, event_ts_ms: list[int], at_ms: int) -> None:
         mark = progress.get(partition)
@@ -226,7 +265,8 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
             marks.append((p, mark[0], now - mark[1] >= settings.idle_after_ms))
         value = watermark_message(inputs, marks)
         for dest in range(settings.partitions):
-            await send(detect_topic, value=value, partition=dest)
+            # not awaited: a refusal stops the worker through the delivery itself
+            delivery.send(detect_name, value, partition=dest).add_done_callback(_observed)
 
     async def track_assignment(app: Any, assigned: Any, *args: Any, **kwargs: Any) -> None:
         # a partition (re)assigned starts its idle time afresh: its backlog is read soon
@@ -284,7 +324,7 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
                 try:
                     stage.report(msg.partition, msg.value)
                 except Exception as exc:
-                    await internal_error(msg, exc)
+                    await delivered(internal_error(msg, exc))
                     continue
                 for key in stage.expired_keys(msg.partition):
                     stage.store.drop(key)
@@ -293,23 +333,25 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
                 out = stage.observe(msg.value, msg.topic, msg.partition, msg.offset)
                 if out.alerts:
                     detected_at = now_ms()
-                    acked_at = await publisher.publish(
+                    await delivered(
                         [
-                            (
-                                a.alert_id.encode(),
+                            delivery.send(
+                                settings.topic_alerts,
                                 a.to_json("live", detected_at, __version__, rules_sha),
+                                a.alert_id.encode(),
                             )
                             for a, _ in out.alerts
                         ]
                     )
+                    acked_at = time.time()
                     for a, kafka_ts_ms in out.alerts:
                         metrics.count_alert(a.rule_id, max(0.0, acked_at - kafka_ts_ms / 1000))
                 # only now, with every alert acknowledged, may fired windows reach the changelog
                 stage.store.flush()
-                await dead_letter(None, out.dead_letters)
+                await delivered(send_dead_letters(None, out.dead_letters))
             except Exception as exc:
                 stage.store.pending.clear()
-                await internal_error(msg, exc)
+                await delivered(internal_error(msg, exc))
                 continue
             metrics.count_detected(out)
             # expiry writes tombstones to the changelog partition of the current message:
@@ -331,13 +373,15 @@ def build_app(settings: Settings, rules: RuleSet) -> Frwatch:
             msg = event.message
             verdict = decode_account_message(msg.key, msg.value)
             if isinstance(verdict, Rejection):
-                await dead_letter(
-                    msg.key,
-                    [
-                        DeadLetter(
-                            verdict, raw_text(msg.value), msg.topic, msg.partition, msg.offset
-                        )
-                    ],
+                letter = DeadLetter(
+                    verdict, raw_text(msg.value), msg.topic, msg.partition, msg.offset
                 )
+                await delivered(send_dead_letters(msg.key, [letter]))
 
-    return Frwatch(app, feed, publisher, metrics, registry)
+    return Frwatch(app, feed, delivery, metrics, registry)
+
+
+def _observed(fut: asyncio.Future[Any]) -> None:
+    """A done callback that reads the outcome (a refusal is handled by the delivery)."""
+    if not fut.cancelled():
+        fut.exception()

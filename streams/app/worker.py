@@ -1,4 +1,4 @@
-"""`frwatch worker`: run the Faust application with its account feed and alert publisher."""
+"""`frwatch worker`: run the Faust application with its account feed and checked delivery."""
 
 from __future__ import annotations
 
@@ -12,13 +12,18 @@ from mode.utils.logging import level_number
 
 from streams.app.faust_app import build_app
 from streams.app.memory import pin_mmap_threshold
+from streams.app.routing import MAX_FORWARD_MESSAGE_BYTES
 from streams.core.rules import RulesError, load_rules
-from streams.kafkaio import KafkaAccessError, check_login, check_topics
+from streams.kafkaio import KafkaAccessError, check_login, check_topics, max_message_bytes
 from streams.settings import Settings
+from topics.catalog import detect_topic_name
 
 # fetch responses (up to FETCH_BYTES per partition) are mmapped and given back when freed;
 # socket reads (256 KiB) and messages stay on the heap, reused without a system call
 MMAP_THRESHOLD = 1 << 20
+# below this a detect topic is misconfigured: forwards are not shrunk to fit, its refusal
+# stops the worker with the topic named
+MIN_FORWARD_MESSAGE_BYTES = 16 * 1024
 
 
 class FrwatchWorker(faust.Worker):
@@ -55,13 +60,29 @@ def run_worker(settings: Settings, loglevel: str) -> int:
         # a refused login is retried forever by Faust's consumer: check it once, up front
         asyncio.run(check_login(settings))
         asyncio.run(check_topics(settings, list(settings.topics().values())))
+        # forwards stay below what the detect topic takes (the broker's default if it is new)
+        limit = asyncio.run(max_message_bytes(settings, detect_topic_name(settings.app_id)))
     except KafkaAccessError as exc:
         print(f"frwatch worker: error: {exc}", file=sys.stderr)
         return 2
     pin_mmap_threshold(MMAP_THRESHOLD)  # before the first fetch buffer
-    fw = build_app(settings, rules)
-    # the feed and the publisher start before the app, so accounts are caught up before any
-    # request is processed
-    worker = FrwatchWorker(fw.app, fw.feed, fw.publisher, loglevel=loglevel, quiet=True)
-    worker.execute_from_commandline()
-    return 0
+    fw = build_app(settings, rules, forward_limit(limit))
+    # the feed and the delivery start before the app, so accounts are caught up before any
+    # request is processed; they stop after it (mode stops services in reverse)
+    worker = FrwatchWorker(fw.app, fw.feed, fw.delivery, loglevel=loglevel, quiet=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code
+    else:  # pragma: no cover - execute_from_commandline always raises
+        code = 0
+    if fw.refused:  # Kafka refused a write for good: logged, counted, nothing committed past it
+        return 1
+    return code if isinstance(code, int) else 0
+
+
+def forward_limit(max_message_bytes: int | None) -> int:
+    """Forward size bound for a detect topic that takes `max_message_bytes` (None: unknown)."""
+    if max_message_bytes is None:
+        return MAX_FORWARD_MESSAGE_BYTES
+    return max(MIN_FORWARD_MESSAGE_BYTES, min(MAX_FORWARD_MESSAGE_BYTES, max_message_bytes))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 import re
 import signal
@@ -365,8 +367,23 @@ def test_malformed_and_rejected_input_goes_to_the_dlq(
     want = sorted([(r, f) for _, r, f in lines] + [("out_of_range", "country")])
     assert got == want
     for d in letters:
-        assert set(d) == {"reason", "field", "detail", "raw", "topic", "partition", "offset"}
+        assert set(d) == {
+            "reason",
+            "field",
+            "detail",
+            "raw",
+            "raw_truncated",
+            "raw_bytes",
+            "raw_sha256",
+            "topic",
+            "partition",
+            "offset",
+        }
         assert d["detail"] and isinstance(d["offset"], int)
+        # SPEC 2.3 (v2): small records are whole, and described by their size and hash
+        assert d["raw_truncated"] is False
+        assert d["raw_bytes"] == len(d["raw"].encode())
+        assert d["raw_sha256"] == hashlib.sha256(d["raw"].encode()).hexdigest()
     raws = {d["raw"] for d in letters}
     assert '"just a string"' in raws
     assert orjson.dumps({**good, "account_id": 5}).decode() in raws
