@@ -142,10 +142,14 @@ def build_app(
         # messages, so the worker stops (exit 1), committing nothing past the undelivered
         os.kill(os.getpid(), signal.SIGTERM)
 
+    failures = delivery_failures_counter(registry)
+    detect_name = detect_topic_name(settings.app_id)
+    for topic in (settings.topic_alerts, settings.topic_dlq, detect_name):
+        failures.labels(topic=topic)  # a series at 0 from the start, for rates and dashboards
     delivery = Delivery(
         settings.bootstrap_servers,
         on_fatal=stop_on_refusal,
-        failures=delivery_failures_counter(registry),
+        failures=failures,
         producer_config=client_kwargs(settings),
     )
 
@@ -153,7 +157,6 @@ def build_app(
     raw: dict[str, Any] = {"schema": RawBytes(key_serializer="raw", value_serializer="raw")}
     requests_topic = app.topic(settings.topic_requests, **raw)
     accounts_topic = app.topic(settings.topic_accounts, **raw)
-    detect_name = detect_topic_name(settings.app_id)
     detect_topic = app.topic(detect_name, internal=True, partitions=settings.partitions, **raw)
     windows = app.Table(windows_table_name(), default=None, partitions=settings.partitions)
 

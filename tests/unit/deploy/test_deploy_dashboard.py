@@ -34,6 +34,8 @@ SPEC7: dict[str, tuple[str, frozenset[str]]] = {
     "frwatch_alert_latency_seconds": ("histogram", frozenset()),
     "frwatch_window_state_entries": ("gauge", frozenset({"rule_id"})),
     "frwatch_accounts_loaded": ("gauge", frozenset()),
+    "frwatch_watermark_lag_seconds": ("gauge", frozenset()),
+    "frwatch_delivery_failures_total": ("counter", frozenset({"topic"})),
 }
 
 # The Faust series the dashboard and rules rely on (see deploy/README.md).
@@ -240,6 +242,7 @@ def test_dashboard_rows() -> None:
         "Latency",
         "Kafka consumer lag",
         "Window state",
+        "Delivery",
     ]
 
 
