@@ -319,48 +319,56 @@ def build_app(
         finally:
             await pool.stop()
 
+    async def detect_one(msg: Any) -> None:
+        """Watermark or forwards: windows counted, alerts acknowledged, then state written."""
+        if stage.is_watermark(msg.value):
+            try:
+                stage.report(msg.partition, msg.value)
+            except Exception as exc:
+                await delivered(internal_error(msg, exc))
+                return
+            for key in stage.expired_keys(msg.partition):
+                stage.store.drop(key)
+            return
+        try:
+            out = stage.observe(msg.value, msg.topic, msg.partition, msg.offset)
+            if out.alerts:
+                detected_at = now_ms()
+                await delivered(
+                    [
+                        delivery.send(
+                            settings.topic_alerts,
+                            a.to_json("live", detected_at, __version__, rules_sha),
+                            a.alert_id.encode(),
+                        )
+                        for a, _ in out.alerts
+                    ]
+                )
+                acked_at = time.time()
+                for a, kafka_ts_ms in out.alerts:
+                    metrics.count_alert(a.rule_id, max(0.0, acked_at - kafka_ts_ms / 1000))
+            # only now, with every alert acknowledged, may fired windows reach the changelog
+            stage.store.flush()
+            await delivered(send_dead_letters(None, out.dead_letters))
+        except Exception as exc:
+            stage.store.pending.clear()
+            await delivered(internal_error(msg, exc))
+            return
+        metrics.count_detected(out)
+        # expiry writes tombstones to the changelog partition of the current message:
+        # only keys of that partition are dropped here
+        for key in stage.expired_keys(msg.partition):
+            stage.store.drop(key)
+
     @app.agent(detect_topic, name="detect")
     async def detect(stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
-            if stage.is_watermark(msg.value):
-                try:
-                    stage.report(msg.partition, msg.value)
-                except Exception as exc:
-                    await delivered(internal_error(msg, exc))
-                    continue
-                for key in stage.expired_keys(msg.partition):
-                    stage.store.drop(key)
-                continue
-            try:
-                out = stage.observe(msg.value, msg.topic, msg.partition, msg.offset)
-                if out.alerts:
-                    detected_at = now_ms()
-                    await delivered(
-                        [
-                            delivery.send(
-                                settings.topic_alerts,
-                                a.to_json("live", detected_at, __version__, rules_sha),
-                                a.alert_id.encode(),
-                            )
-                            for a, _ in out.alerts
-                        ]
-                    )
-                    acked_at = time.time()
-                    for a, kafka_ts_ms in out.alerts:
-                        metrics.count_alert(a.rule_id, max(0.0, acked_at - kafka_ts_ms / 1000))
-                # only now, with every alert acknowledged, may fired windows reach the changelog
-                stage.store.flush()
-                await delivered(send_dead_letters(None, out.dead_letters))
-            except Exception as exc:
-                stage.store.pending.clear()
-                await delivered(internal_error(msg, exc))
-                continue
-            metrics.count_detected(out)
-            # expiry writes tombstones to the changelog partition of the current message:
-            # only keys of that partition are dropped here
-            for key in stage.expired_keys(msg.partition):
-                stage.store.drop(key)
+            # held until what it caused is acknowledged: Faust acks the current event when
+            # its agent is cancelled, so a stop while a write waits would commit it
+            msg.incref()
+            await detect_one(msg)
+            release_input(msg)
 
     async def reindex_windows(app: Any, assigned: Any, *args: Any, **kwargs: Any) -> None:
         stage.forget_partitions()
@@ -379,7 +387,9 @@ def build_app(
                 letter = DeadLetter(
                     verdict, raw_text(msg.value), msg.topic, msg.partition, msg.offset
                 )
+                msg.incref()  # as in detect: committed only once the letter is acknowledged
                 await delivered(send_dead_letters(msg.key, [letter]))
+                release_input(msg)
 
     return Frwatch(app, feed, delivery, metrics, registry)
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import signal
 import sys
+from typing import Any
 
 import faust
 from faust.utils.terminal import SpinnerHandler
@@ -38,6 +41,32 @@ class FrwatchWorker(faust.Worker):
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
         quiet_root_logger(self.loglevel)
+        # `kill -USR1 <pid>`: where every task of the worker waits, in its log
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGUSR1, lambda: log_task_stacks(self.app.agents.human_tracebacks())
+        )
+
+
+def log_task_stacks(agents: str = "") -> None:
+    """Log where every asyncio task of the worker waits, awaited coroutines included."""
+    out = io.StringIO(agents)
+    out.seek(0, io.SEEK_END)
+    for task in asyncio.all_tasks():
+        out.write(f"--- {task.get_name()}\n")
+        coro: Any = task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+            frame = frame or getattr(coro, "gi_frame", None)
+            if frame is not None:
+                out.write(
+                    f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}\n"
+                )
+            coro = (
+                getattr(coro, "cr_await", None)
+                or getattr(coro, "ag_await", None)
+                or getattr(coro, "gi_yieldfrom", None)
+            )
+    logging.getLogger(__name__).warning("task stacks (SIGUSR1):\n%s", out.getvalue())
 
 
 def quiet_root_logger(loglevel: str | int | None) -> None:

@@ -111,8 +111,7 @@ def test_worker_with_the_printed_acls_gives_the_replay_alerts(
         assert password_of(kafka, "worker") not in log
 
     kcat = shutil.which("kcat")
-    if kcat is None:
-        pytest.skip("kcat is not installed (make deps)")
+    assert kcat is not None, "kcat is not installed (make deps installs Debian's kcat)"
     # the same file with SASL PLAIN: Debian's kcat (librdkafka 2.0.2) fails SCRAM against
     # Kafka 4.x (fixed in librdkafka 2.6.1, confluentinc/librdkafka#4895)
     analyst_file = kafka.client_config("analyst-plain")
@@ -233,3 +232,77 @@ def test_missing_acls_name_the_topic_and_operation(
         "(TopicAuthorizationFailedError; see `frwatch acls`)"
     )
     assert time.monotonic() - started < 30
+
+
+def test_a_worker_that_may_not_write_alerts_stops_and_commits_nothing_past(
+    secure_kafka: SecureKafka, unique_name: str, tmp_path: Path
+) -> None:
+    """SPEC 6.1: Write refused on the alert topic: exit 1 naming it; after the grant, all."""
+    kafka = secure_kafka
+    admin = secure_env(kafka, unique_name, "admin")
+    frwatch(["topics", "create"], admin)
+    grant(kafka, admin, "--principal", "User:worker")
+    alerts = f"{unique_name}.alerts"
+    acl = ["--allow-principal", "User:worker", "--topic", alerts]
+    kafka_acls(kafka.run_dir, ["--remove", "--force", *acl, "--operation", "Write"])
+    kafka_acls(kafka.run_dir, ["--add", *acl, "--operation", "Describe"])  # it may see it
+    accounts, events = scenario_archive(tmp_path, hours=1)
+    frwatch(["accounts", "load", str(accounts)], admin)
+    frwatch(["publish", str(events)], admin)
+    expected, _ = replay_alerts(events, accounts, admin)
+    expected_ids = {a["alert_id"] for a in expected}
+    total = len(events.read_bytes().splitlines())
+
+    worker_env = secure_env(kafka, unique_name, "worker")
+    worker = Worker(worker_env, tmp_path / "w1").start()
+    assert worker.proc is not None
+    try:
+        code = worker.proc.wait(timeout=120)
+    finally:
+        worker.kill()
+    log = worker.log_path.read_text(errors="replace")
+    assert code == 1, worker.log_tail(40)
+    assert f"refused a write to {alerts} for good: TopicAuthorizationFailedError" in log
+    committed = committed_offsets(kafka, admin, unique_name, f"{unique_name}.requests")
+    assert committed < total
+
+    kafka_acls(kafka.run_dir, ["--add", *acl, "--operation", "Write"])
+    worker = Worker(worker_env, tmp_path / "w2").start()
+    try:
+        wait_for(
+            lambda: set(alert_ids_on_topic_as(admin, alerts)) >= expected_ids,
+            120,
+            "every replay alert after the grant",
+            worker,
+        )
+    finally:
+        worker.stop()
+    assert set(alert_ids_on_topic_as(admin, alerts)) == expected_ids
+    print(f"alerts Write refused: exit {code}, {committed} of {total} records committed")
+
+
+def alert_ids_on_topic_as(env: dict[str, str], topic: str) -> list[str]:
+    """alert ids on the topic, read with `frwatch alerts tail` as the env's principal."""
+    proc = frwatch(["alerts", "tail", "--from-beginning", "--json", "--idle-exit", "2"], env)
+    return [orjson.loads(x)["alert_id"] for x in proc.stdout.splitlines() if x]
+
+
+def committed_offsets(kafka: SecureKafka, env: dict[str, str], group: str, topic: str) -> int:
+    """Sum of the group's committed offsets on the topic, read as the admin."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streams.kafka_config import load_kafka_config
+
+    async def main() -> int:
+        cfg = load_kafka_config(env["FRWATCH_KAFKA_CONFIG"])
+        client = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap, **cfg.aiokafka_kwargs())
+        await client.start()
+        try:
+            offsets = await client.list_consumer_group_offsets(group)
+        finally:
+            await client.close()
+        return sum(m.offset for tp, m in offsets.items() if tp.topic == topic and m.offset > 0)
+
+    return asyncio.run(main())
