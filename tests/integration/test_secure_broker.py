@@ -104,11 +104,22 @@ def test_worker_with_the_printed_acls_gives_the_replay_alerts(
 
         wait_for(all_alerts, 120, "every replay alert on the alerts topic", worker)
         assert seen == expected_ids
+        metrics_text = worker.metrics_text() or ""
+        assert "frwatch_events_total" in metrics_text
     finally:
         worker.stop()
     log = worker.log_path.read_text(errors="replace")
-    if transport == "sasl_ssl":
-        assert password_of(kafka, "worker") not in log
+    if transport == "sasl_ssl":  # SPEC 6.1: not in logs, metrics, --help or dead letters
+        secret = password_of(kafka, "worker")
+        assert secret not in log and secret not in metrics_text
+        for args in (["--help"], ["worker", "--help"], ["publish", "--help"]):
+            assert secret not in frwatch(args, worker_env).stdout.decode()
+        letters = subprocess.run(
+            ["kcat", "-F", str(kafka.client_config("admin-plain")), "-b", kafka.bootstrap, "-q",
+             "-C", "-t", f"{unique_name}.dlq", "-o", "beginning", "-e"],
+            capture_output=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        assert b'"reason"' in letters and secret.encode() not in letters
 
     kcat = shutil.which("kcat")
     assert kcat is not None, "kcat is not installed (make deps installs Debian's kcat)"
