@@ -176,6 +176,7 @@ class DetectStage:
         self.clocks: dict[int, int] = {}  # detect partition -> retention clock (event ms)
         self.marks: dict[int, dict[int, tuple[int, bool]]] = {}  # detect p -> input p -> mark
         self._ends: dict[int, list[tuple[int, str]]] = {}  # partition -> heap of (end, key)
+        self._swept: dict[int, int] = {}  # partition -> its clock at the last expiry pass
 
     @staticmethod
     def is_watermark(value: bytes) -> bool:
@@ -189,6 +190,9 @@ class DetectStage:
             stored = self.store.table.get(clock_key(partition))
             clock = stored["clock"] if isinstance(stored, dict) and "clock" in stored else 0
             self.clocks[partition] = clock
+            # the clock as kept: what was due at it was swept before (a restart drops nothing
+            # that the worker would have kept had it not stopped; see expired_keys)
+            self._swept[partition] = clock
         return clock
 
     def report(self, partition: int, value: bytes) -> bool:
@@ -241,6 +245,7 @@ class DetectStage:
         self.store.forget()
         self.clocks.clear()
         self.marks.clear()
+        self._swept.clear()
 
     def _index(self, partition: int) -> list[tuple[int, str]]:
         heap = self._ends.get(partition)
@@ -262,8 +267,11 @@ class DetectStage:
     def expired_keys(self, partition: int) -> list[str]:
         """Keys of `partition` whose windows the retention clock has left more than 24h behind.
 
-        Called for every stage-2 message: a heap of window ends per partition makes the
-        common case (nothing due) one comparison.
+        Called for every stage-2 message, but a pass runs only when the partition's clock has
+        moved since the last one, as in replay (`Detector.expire`): a window that a late event
+        started beyond retention lives until the clock next moves, so the late events after it
+        count with it. A heap of window ends per partition makes a pass with nothing due one
+        comparison.
         """
         for key in self.store.created:
             _, _, _, end, gk = split_window_key(key)
@@ -274,6 +282,9 @@ class DetectStage:
         self.store.created.clear()
         heap = self._index(partition)
         wm = self.clock(partition)
+        if wm <= self._swept.get(partition, -1):
+            return []
+        self._swept[partition] = wm
         out: list[str] = []
         while heap and is_expired(heap[0][0], wm):
             _, key = heapq.heappop(heap)

@@ -138,6 +138,7 @@ class Detector:
         )
         self.store = store
         self.watermark_ms = 0
+        self._swept_ms = -1  # the retention clock at the last expiry pass
         self.index = RuleIndex(self.rules)
         self._values = {
             (r.id, i): _distinct_values(q)
@@ -173,7 +174,16 @@ class Detector:
         return obs
 
     def expire(self) -> int:
-        """Drop window states that event time has left more than 24h behind."""
+        """Drop window states that event time has left more than 24h behind.
+
+        A pass runs only when the retention clock has moved since the last one (SPEC 4.1):
+        a window that a late event started beyond retention then lives until the clock next
+        moves, so that the late events that follow it count with it and may fire it again.
+        Windows that were in time become due only when the clock moves, so they are unaffected.
+        """
+        if self.watermark_ms <= self._swept_ms:
+            return 0
+        self._swept_ms = self.watermark_ms
         return self.store.expire(self.watermark_ms)
 
     def _count(self, rule: Rule, gk: str, ee: EnrichedEvent, obs: Observation) -> bool:

@@ -509,6 +509,58 @@ def test_the_clock_never_moves_back_and_survives_a_restart() -> None:
     assert restarted.clock(3) == 0
 
 
+LATE_ACCT = "acct-visionapp"
+LATE_PART = destination(LATE_ACCT, PARTITIONS)
+
+
+def _late_burst(stage: DetectStage, acct: str, first_offset: int) -> list[Alert]:
+    """Three FR-005 events of acct's window at HOUR0, observed and expired like the agent."""
+    alerts: list[Alert] = []
+    router = Pipeline().router
+    for i in range(3):
+        record = ev(
+            f"late-{i}",
+            acct,
+            "chat.completions",
+            ts=HOUR0 + 60_000 + i,
+            image_count=1,
+            intent={"label": "identify_person", "score": 0.93},
+        )
+        routed = router.route(orjson.dumps(record), "api.requests", 0, 0, 0, NOW)
+        (value,) = (orjson.dumps({"items": its}) for its in routed.forwards.values())
+        out = stage.observe(value, DETECT_TOPIC, LATE_PART, first_offset + i)
+        stage.store.flush()
+        alerts.extend(a for a, _ in out.alerts)
+        for key in stage.expired_keys(LATE_PART):
+            stage.store.drop(key)
+    return alerts
+
+
+def test_late_events_beyond_retention_count_together_until_the_clock_moves() -> None:
+    """SPEC 4.1, as replay does it (Detector.expire): a window a late event starts beyond
+    retention is swept when the clock next moves, not after each message, so a late burst of
+    one window fires a count >= 3 rule; a restart in the middle changes nothing."""
+    acct = LATE_ACCT
+    table: dict[str, Any] = {}
+    stage = DetectStage(RULES, table, PARTITIONS)
+    stage.report(LATE_PART, watermark_message(1, [(0, HOUR0 + 3 * DAY_MS, False)]))
+    assert stage.expired_keys(LATE_PART) == []
+    (alert,) = _late_burst(stage, acct, 0)
+    assert alert.window_start_ms == HOUR0 and alert.count == 3
+    # a restart between late events: the clock as kept was swept already
+    table2: dict[str, Any] = {}
+    stage = DetectStage(RULES, table2, PARTITIONS)
+    stage.report(LATE_PART, watermark_message(1, [(0, HOUR0 + 3 * DAY_MS, False)]))
+    _late_burst(stage, acct, 0)
+    restarted = DetectStage(RULES, table2, PARTITIONS)
+    assert restarted.expired_keys(LATE_PART) == []
+    key = wkey("FR-005", HOUR0, HOUR0 + HOUR_MS, acct)
+    assert key in table2
+    # the clock moves: the late window goes
+    restarted.report(LATE_PART, watermark_message(1, [(0, HOUR0 + 3 * DAY_MS + 1, False)]))
+    assert key in restarted.expired_keys(LATE_PART)
+
+
 def test_state_of_a_changed_rule_is_never_read_and_never_an_error() -> None:
     """SPEC 4.3: a rule whose definition changed starts its windows afresh."""
     text = builtin_rules_bytes().decode()

@@ -501,12 +501,38 @@ def test_a_redelivery_after_expiry_counts_in_a_fresh_window() -> None:
     h.feed("acct-other", "embeddings", event_id="t", ts=T0 + HOUR + DAY + 1)
     assert h.state("FR-005", "acct-vision", T0) is None
     assert "FR-005" in llm(h, "a", T0 + 1).matched
-    # the fresh window is itself past retention, so it is dropped again at once: late events
-    # beyond retention only fire rules that one event satisfies
-    assert h.state("FR-005", "acct-vision", T0) is None
+    # the fresh window is past retention, but is kept until the clock next moves
+    fresh = h.state("FR-005", "acct-vision", T0)
+    assert fresh is not None and fresh.count == 1
+    assert llm(h, "a", T0 + 1).duplicate  # and recognises a redelivery meanwhile
+
+
+def test_late_events_beyond_retention_count_together_until_the_clock_moves() -> None:
+    """SPEC 4.1: no event is dropped for being late; a fresh window may fire again.
+
+    Three late events of one window, 48h behind the clock with nothing newer between them,
+    fire a count >= 3 rule as they would in time (a window dropped after each event never
+    would: the cause of live alerts missing from replay when one record ran days ahead).
+    """
+    h = Harness()
+    h.feed("acct-other", "embeddings", event_id="t", ts=T0 + 2 * DAY)
+    llm(h, "a", T0 + 1)
     llm(h, "b", T0 + 2)
-    llm(h, "c", T0 + 3)
-    assert h.alerts == []
+    (alert,) = llm(h, "c", T0 + 3).alerts
+    assert alert.window_start_ms == T0 and alert.count == 3
+    # the next move of the clock drops it
+    h.feed("acct-other", "embeddings", event_id="t2", ts=T0 + 2 * DAY + 1)
+    assert h.state("FR-005", "acct-vision", T0) is None
+
+
+def test_an_event_that_does_not_move_the_clock_drops_nothing() -> None:
+    h = Harness()
+    h.feed(event_id="e", ts=T0 + 10)
+    h.feed("acct-other", "embeddings", event_id="t", ts=T0 + HOUR + DAY + 1)
+    assert h.state("FR-001", "acct-le", T0) is None
+    h.feed(event_id="e2", ts=T0 + 20)
+    assert h.detector.expire() == 0  # same clock: no pass
+    assert h.state("FR-001", "acct-le", T0) is not None
 
 
 def test_the_watermark_is_the_highest_event_time_seen() -> None:
