@@ -32,13 +32,20 @@ def ids_key(key: str, chunk: int) -> str:
     return f"~i|{chunk}|{key}"
 
 
+def samples_key(key: str) -> str:
+    """Table key of a window's evidence samples (written only when they change)."""
+    return f"~s|{key}"
+
+
 class TableWindowStore:
     """WindowStore over a mapping, with a write buffer flushed after acks.
 
-    A window is one small value (counts, distinct values up to the thresholds, samples) plus
-    its event-id hashes in chunks of `ID_CHUNK` under `ids_key`: a flush rewrites only the
-    chunks that gained ids, so what a window writes to the changelog grows linearly with the
-    events it counts (SPEC 4.1), where one value holding every id grew quadratically.
+    A window is one small value (counts, distinct values up to the thresholds), its
+    evidence samples under `samples_key`, and its event-id hashes in chunks of `ID_CHUNK`
+    under `ids_key`: a flush rewrites the small value, the samples only when they changed
+    (the first 10 events of a window), and only the chunks that gained ids, so what a window
+    writes to the changelog grows linearly with the events it counts (SPEC 4.1), where one
+    value holding every id grew quadratically.
     States read once are kept in memory until their partition is revoked or they expire.
     """
 
@@ -48,6 +55,7 @@ class TableWindowStore:
         self.created: list[str] = []  # keys new since the last `take_created`
         self._cache: dict[str, WindowState] = {}
         self._persisted: dict[str, int] = {}  # key -> ids already in the table's chunks
+        self._samples: dict[str, list[str]] = {}  # key -> event ids of the samples written
 
     def get(self, key: str) -> WindowState | None:
         """Buffered or cached state first, then the table."""
@@ -66,7 +74,11 @@ class TableWindowStore:
             order.extend(self.table.get(ids_key(key, chunk)) or ())
         st.id_order = order
         st.ids = set(order)
+        samples = self.table.get(samples_key(key))
+        if isinstance(samples, list):  # (a value written before samples had their own key
+            st.samples = samples  # holds them inline)
         self._persisted[key] = len(order)
+        self._samples[key] = _sample_ids(st.samples)
         self._cache[key] = st
         return st
 
@@ -81,7 +93,13 @@ class TableWindowStore:
     def flush(self) -> None:
         """Write buffered states to the table (its changelog): the value and new id chunks."""
         for key, st in self.pending.items():
-            self.table[key] = st.to_wire()
+            wire = st.to_wire()
+            wire["s"] = []  # under samples_key
+            self.table[key] = wire
+            written = _sample_ids(st.samples)
+            if written != self._samples.get(key):
+                self.table[samples_key(key)] = st.samples
+                self._samples[key] = written
             order = st.id_order or []
             done = self._persisted.get(key, 0)
             for chunk in range(done // ID_CHUNK, (len(order) + ID_CHUNK - 1) // ID_CHUNK):
@@ -97,15 +115,19 @@ class TableWindowStore:
         for chunk in range((n + ID_CHUNK - 1) // ID_CHUNK):
             if ids_key(key, chunk) in self.table:
                 del self.table[ids_key(key, chunk)]
+        if samples_key(key) in self.table:
+            del self.table[samples_key(key)]
         if key in self.table:
             del self.table[key]
         self._cache.pop(key, None)
         self._persisted.pop(key, None)
+        self._samples.pop(key, None)
 
     def forget(self) -> None:
         """After a rebalance: the table is the truth again."""
         self._cache.clear()
         self._persisted.clear()
+        self._samples.clear()
 
     def expire(self, watermark_ms: int) -> int:
         """Not used live: expiry runs per partition (see DetectStage.expired_keys)."""
@@ -114,6 +136,10 @@ class TableWindowStore:
     def entries_by_rule(self) -> dict[str, int]:
         """Number of states held per rule id."""
         return dict(Counter(k.split("|", 1)[0] for k in list(self.table.keys()) if k[:1] != "~"))
+
+
+def _sample_ids(samples: list[dict[str, Any]]) -> list[str]:
+    return [str(x.get("event_id")) for x in samples]
 
 
 @dataclass(slots=True)
