@@ -14,8 +14,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.client import AIOKafkaClient
+from aiokafka.cluster import ClusterMetadata
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from streams.kafka_config import (
     PASSWORD_ENV,
@@ -155,17 +157,28 @@ def refused(exc: BaseException, operation: str) -> str | None:
     return None
 
 
-async def check_topics(settings: Settings, topics: list[str], timeout: float = 20.0) -> None:
-    """Fail with one line when the cluster hides any of `topics` from this client (no ACL).
+class TopicMissingError(KafkaAccessError):
+    """A topic that frwatch reads or writes does not exist (frwatch never creates it by use)."""
 
-    The worker checks its topics at start, before Faust's consumer would retry the refusal
-    forever; an ACL that allows describing but not the operation is reported when used.
+
+async def check_topics(
+    settings: Settings, topics: list[str], timeout: float = 20.0, hidden_too: bool = True
+) -> None:
+    """Fail with one line when any of `topics` does not exist, or the cluster hides it from
+    this client (no ACL).
+
+    Every command checks the topics it uses before its clients touch them: aiokafka asks for
+    metadata with allow_auto_topic_creation=true, so against a broker that creates topics on
+    request its producer would make the topic with the broker's defaults (one partition,
+    no compaction). This request asks with false. The worker checks its topics at start,
+    before Faust's consumer would retry a refusal forever; an ACL that allows describing
+    but not the operation is reported when used. A broker that cannot be reached is not
+    decided here: the usual path reports or waits. With `hidden_too` false, a topic that the
+    cluster hides is left to the usual path too, which names the operation refused.
     """
-    if kafka_client_config(settings).protocol == "plaintext":
-        return  # no ACLs to expect; and the plain path stays as it was
     client = AIOKafkaClient(
         bootstrap_servers=settings.bootstrap_servers,
-        client_id="frwatch-acl-check",
+        client_id="frwatch-topic-check",
         **client_kwargs(settings),
     )
     aiokafka_log = logging.getLogger("aiokafka")
@@ -173,17 +186,30 @@ async def check_topics(settings: Settings, topics: list[str], timeout: float = 2
     aiokafka_log.setLevel(logging.CRITICAL)  # its warnings would say it again, per topic
     try:
         await asyncio.wait_for(client.bootstrap(), timeout)
-        await asyncio.wait_for(client.set_topics(topics), timeout)
-        hidden = sorted(set(topics) & set(client.cluster.unauthorized_topics))
+        node = client.get_random_node()
+        if node is None:
+            return
+        request = MetadataRequest(list(topics), allow_auto_topic_creation=False)
+        response = await asyncio.wait_for(client.send(node, request), timeout)
+        cluster = ClusterMetadata()
+        cluster.update_metadata(response)  # it logs each missing topic: said once, below
     except (KafkaError, TimeoutError):
-        return  # unreachable or slow: the usual path waits for the broker
+        return
     finally:
         await client.close()
         aiokafka_log.setLevel(level)
-    if hidden:
+    hidden = sorted(set(topics) & set(cluster.unauthorized_topics))
+    if hidden and hidden_too:
         raise KafkaAccessError(
             f"not authorised to use topic {', '.join(hidden)} "
             "(TopicAuthorizationFailedError; see `frwatch acls`)"
+        )
+    missing = [t for t in topics if t not in cluster.topics() and t not in hidden]
+    if missing:
+        which = "topic " + missing[0] if len(missing) == 1 else "topics " + ", ".join(missing)
+        raise TopicMissingError(
+            f"{which} does not exist on broker {settings.broker} "
+            "(create the topics with `frwatch topics create`)"
         )
 
 

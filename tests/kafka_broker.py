@@ -62,10 +62,10 @@ def find_free_ports(attempts: int = 100, secure: bool = False) -> tuple[int, int
     raise BrokerError(f"could not find a free port pair (P, P+{CONTROLLER_PORT_OFFSET}) on {HOST}")
 
 
-def _run(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _run(command: str, env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
-            [str(BROKER_SCRIPT), command],
+            [str(BROKER_SCRIPT), command, *flags],
             env={**os.environ, **env},
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -138,6 +138,31 @@ def stop_broker(run_dir: Path | str) -> None:
         )
 
 
+def _ports_env(run_dir: Path) -> dict[str, str]:
+    """The ports of the run dir's last `up` (from its server.properties)."""
+    env = {"KAFKA_RUN_DIR": str(run_dir), "KAFKA_PORT": _port_of(run_dir)}
+    with contextlib.suppress(OSError):
+        for line in (run_dir / "server.properties").read_text().splitlines():
+            if line.startswith("controller.quorum.voters="):
+                env["KAFKA_CONTROLLER_PORT"] = line.rsplit(":", 1)[1].strip()
+    return env
+
+
+def broker_script(run_dir: Path | str, command: str, *flags: str) -> str:
+    """`deploy/kafka/broker COMMAND FLAGS...` on ``run_dir`` with the ports of its last `up`
+    (e.g. "down", "up", "up --fresh", "clean"); returns its stdout, raises on failure."""
+    run_dir = Path(run_dir).resolve()
+    proc = _run(command, _ports_env(run_dir), *flags)
+    if command == "up":
+        _started.add(run_dir)
+    if proc.returncode != 0:
+        raise BrokerError(
+            f"broker {command} {' '.join(flags)} failed (run dir {run_dir}): "
+            f"exit {proc.returncode}\n{proc.stderr}"
+        )
+    return proc.stdout
+
+
 def kafka_acls(run_dir: Path | str, args: list[str]) -> subprocess.CompletedProcess[str]:
     """kafka-acls (Kafka's AclCommand) as the secured broker's admin; raises on failure."""
     run_dir = Path(run_dir).resolve()
@@ -186,7 +211,7 @@ def stop_broker_keeping_data(run_dir: Path | str, timeout_s: float = 30.0) -> li
     """SIGTERM the broker of ``run_dir`` and wait for it to exit; its data stays.
 
     Returns the broker's command line, for ``start_broker_again``. (``broker down`` and
-    ``up`` would wipe the data directory.)
+    ``up`` keep the data too, but take a script run each; this is the quick way.)
     """
     run_dir = Path(run_dir).resolve()
     pid = int((run_dir / "broker.pid").read_text().strip())

@@ -104,8 +104,40 @@ def build_parser() -> OneLineParser:
     al.add_argument("file", metavar="FILE")
     _settings_flags(al, KAFKA)
 
-    pub = sub.add_parser("publish", help="publish an archive to the requests topic, in file order")
+    pub = sub.add_parser(
+        "publish",
+        help="publish an archive to the requests topic, in file order",
+        description=(
+            "Publish archives (JSON lines, .gz, or -) to the requests topic in file order, "
+            "with an idempotent producer (acks=all), checking that Kafka acknowledged every "
+            "line. A line that Kafka refuses for its size is named on stderr and the others "
+            "still go. If Kafka does not acknowledge anything for --give-up-after seconds "
+            "(a broker outage), publish stops with one line giving the number of lines "
+            "sent and the first line not sent, and exits 2; run it again with --from-line "
+            "that line to resume. At the end it prints one JSON summary line on stderr; "
+            "exit 0 when every line was sent, 2 when a line was refused."
+        ),
+    )
     pub.add_argument("--batch", type=int, metavar="K", help="send K records per message (batch)")
+    pub.add_argument(
+        "--topic", metavar="T", help="publish to topic T (default: the requests topic)"
+    )
+    pub.add_argument(
+        "--from-line",
+        type=int,
+        metavar="N",
+        help="start at line N (1-based, counting every line of the archives in the order "
+        "given, blank ones too): resumes a publish that stopped, from the first line it "
+        "did not send",
+    )
+    pub.add_argument(
+        "--give-up-after",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="stop (exit 2, saying how far it got) after this long without an "
+        "acknowledgement from Kafka (default 60)",
+    )
     pub.add_argument("archives", nargs="+", metavar="ARCHIVE")
     _settings_flags(pub, KAFKA)
 
@@ -163,8 +195,10 @@ def _positive(args: argparse.Namespace, name: str) -> None:
 
 def dispatch(args: argparse.Namespace) -> int:
     """Run the chosen command; returns the exit code."""
-    for name in ("batch", "events", "max", "requests_partitions"):
+    for name in ("batch", "events", "max", "requests_partitions", "from_line"):
         _positive(args, name)
+    if getattr(args, "give_up_after", 1.0) <= 0:
+        raise UsageError("--give-up-after must be > 0")
     cmd = args.command
     if cmd == "replay":
         from streams.cli.replay_cmd import run_replay

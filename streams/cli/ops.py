@@ -16,11 +16,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from streams.archive import ArchiveError, iter_lines
-from streams.kafkaio import KafkaAccessError, check_login, client_kwargs, refused
+from streams.cli.publish_lines import numbered_lines, outgoing
+from streams.kafkaio import KafkaAccessError, check_login, check_topics, client_kwargs, refused
 from streams.replay import open_all
 from streams.settings import Settings
 from topics.catalog import topic_catalog
-from topics.requests import batch_envelope, is_batch
 
 EXIT_USAGE = 2
 T = TypeVar("T")
@@ -31,14 +31,19 @@ def _fail(cmd: str, message: str) -> int:
     return EXIT_USAGE
 
 
-def _run_checked(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
-    """Run `work` once the cluster has accepted this client's login (SPEC 6.1)."""
+def _run_checked(
+    settings: Settings, work: Coroutine[Any, Any, T], topics: tuple[str, ...] = ()
+) -> T:
+    """Run `work` once the cluster has accepted this client's login (SPEC 6.1) and `topics`
+    are known to exist (frwatch never creates a topic by using it)."""
 
     async def checked() -> T:
         # aiokafka's own warnings would say it again, less clearly, on more lines
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         try:
             await check_login(settings)
+            if topics:
+                await check_topics(settings, list(topics), hidden_too=False)
         except BaseException:
             work.close()
             raise
@@ -189,7 +194,9 @@ def run_accounts(args: argparse.Namespace, settings: Settings) -> int:
     """`frwatch accounts load FILE`."""
     try:
         n = _run_checked(
-            settings, _send_all(settings, settings.topic_accounts, _account_messages(args.file))
+            settings,
+            _send_all(settings, settings.topic_accounts, _account_messages(args.file)),
+            (settings.topic_accounts,),
         )
     except ArchiveError as exc:
         return _fail("accounts load", str(exc))
@@ -201,71 +208,19 @@ def run_accounts(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _key_of(obj: Any) -> bytes | None:
-    acct = obj.get("account_id") if isinstance(obj, dict) else None
-    return acct.encode() if isinstance(acct, str) else None
-
-
 def archive_messages(
     paths: list[str], batch: int | None
 ) -> Iterator[tuple[bytes | None, bytes | None]]:
     """Messages for `publish`: lines as they are, or K records per batch envelope."""
-    records: list[bytes] = []
-    for name, fh in open_all(paths):
-        for _, line in iter_lines(name, fh):
-            if batch is None:
-                try:
-                    key = _key_of(orjson.loads(line))
-                except orjson.JSONDecodeError:
-                    key = None
-                yield key, line
-                continue
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                yield None, line  # not JSON: on its own, exactly as archived
-                continue
-            if not isinstance(obj, dict):
-                yield None, line
-                continue
-            if is_batch(obj) and isinstance(obj["records"], list):
-                try:
-                    records.extend([orjson.dumps(r) for r in obj["records"]])
-                except orjson.JSONEncodeError:  # nested deeper than orjson writes: as it is
-                    yield None, line
-                    continue
-            else:
-                records.append(line)
-            while len(records) >= batch:
-                yield None, batch_envelope(records[:batch])
-                del records[:batch]
-    if records:
-        yield None, batch_envelope(records)
+    for msg in outgoing(numbered_lines(paths), batch):
+        yield msg.key, msg.value
 
 
 def run_publish(args: argparse.Namespace, settings: Settings) -> int:
-    """`frwatch publish [--batch K] ARCHIVE...`."""
-    started = time.perf_counter()
-    try:
-        msgs = archive_messages(args.archives, args.batch)
-        n = _run_checked(settings, _send_all(settings, settings.topic_requests, msgs))
-    except (ArchiveError, ValueError) as exc:
-        return _fail("publish", str(exc))
-    except KafkaConnectionError as exc:
-        return _fail("publish", f"cannot reach broker {settings.broker}: {exc}")
-    except (KafkaAccessError, KafkaError) as exc:
-        return _refusal("publish", exc, f"write topic {settings.topic_requests}")
-    print(
-        orjson.dumps(
-            {
-                "topic": settings.topic_requests,
-                "messages": n,
-                "seconds": round(time.perf_counter() - started, 3),
-            }
-        ).decode(),
-        file=sys.stderr,
-    )
-    return 0
+    """`frwatch publish [--batch K] [--topic T] [--from-line N] ARCHIVE...`."""
+    from streams.cli.publish_cmd import publish_archives
+
+    return publish_archives(args, settings)
 
 
 def alert_line(alert: dict[str, Any]) -> str:
@@ -340,7 +295,9 @@ def run_alerts(args: argparse.Namespace, settings: Settings) -> int:
     """`frwatch alerts tail [--from-beginning] [--json]`."""
     try:
         return _run_checked(
-            settings, _tail(settings, args.from_beginning, args.json, args.max, args.idle_exit)
+            settings,
+            _tail(settings, args.from_beginning, args.json, args.max, args.idle_exit),
+            (settings.topic_alerts,),
         )
     except KafkaConnectionError as exc:
         return _fail("alerts tail", f"cannot reach broker {settings.broker}: {exc}")

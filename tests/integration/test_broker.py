@@ -12,11 +12,13 @@ import shutil
 import subprocess
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from kafka_broker import BrokerError, broker_script, start_broker, stop_broker
 
 pytestmark = pytest.mark.integration
 
@@ -157,29 +159,106 @@ def test_kcat_metadata_and_consume(kafka_bootstrap: str, unique_name: str) -> No
 
 
 def test_kcat_produce_aiokafka_consume(kafka_bootstrap: str, unique_name: str) -> None:
-    # Topic auto-created by kcat's produce (auto.create.topics.enable=true, num.partitions=1).
     values = [f"from-kcat-{i}" for i in range(20)]
     kcat = shutil.which("kcat")
     assert kcat, "kcat not found on PATH (Debian: apt-get install kcat)"
-    proc = subprocess.run(
-        [
-            kcat,
-            "-P",
-            "-b",
-            kafka_bootstrap,
-            "-t",
-            unique_name,
-            "-X",
-            "allow.auto.create.topics=true",
-        ],
-        input="\n".join(values) + "\n",
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
+
+    def kcat_produce() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                kcat,
+                "-P",
+                "-b",
+                kafka_bootstrap,
+                "-t",
+                unique_name,
+                "-X",
+                "allow.auto.create.topics=true",
+                "-X",
+                "message.timeout.ms=5000",
+            ],
+            input="\n".join(values) + "\n",
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            check=False,
+        )
+
+    # the broker creates no topic on a producer's request (auto.create.topics.enable=false)
+    refused = kcat_produce()
+    assert refused.returncode != 0, refused.stderr
+    assert asyncio.run(_topic_names(kafka_bootstrap)).isdisjoint({unique_name})
+
+    asyncio.run(_create_topic(kafka_bootstrap, unique_name, 1))
+    proc = kcat_produce()
     assert proc.returncode == 0, f"kcat -P failed ({proc.returncode}):\n{proc.stderr}"
 
     consumed = asyncio.run(_consume(kafka_bootstrap, unique_name, f"{unique_name}-g", len(values)))
     assert [m.value.decode() for m in sorted(consumed, key=lambda m: m.offset)] == values
     assert {m.partition for m in consumed} == {0}
+
+
+async def _topic_names(bootstrap: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+def test_broker_down_up_keeps_data_and_fresh_or_clean_wipes_it(tmp_path: Path) -> None:
+    """`deploy/kafka/broker down` then `up` on one run dir: topics keep their partitions and
+    messages (and their committed offsets); `up --fresh` and `clean` start from nothing."""
+    run_dir = tmp_path / "broker"
+    bootstrap = start_broker(run_dir)
+    try:
+        records = [(f"k{i % 7}".encode(), f"v{i}".encode()) for i in range(200)]
+        asyncio.run(_create_topic(bootstrap, "kept", PARTITIONS))
+        placed = asyncio.run(_produce(bootstrap, "kept", records))
+        broker_script(run_dir, "down")
+        assert broker_script(run_dir, "up").strip().splitlines()[-1] == bootstrap
+        asyncio.run(_wait_leaders(bootstrap, "kept", PARTITIONS))
+        consumed = asyncio.run(_consume(bootstrap, "kept", "g-kept", len(records)))
+        assert {(m.partition, m.offset): (m.key, m.value) for m in consumed} == dict(
+            zip(placed, records, strict=True)
+        )
+        # the group's committed offsets survived too: a second round reads nothing new
+        asyncio.run(_produce(bootstrap, "kept", records[:1]))
+        broker_script(run_dir, "down")
+        broker_script(run_dir, "up")
+        asyncio.run(_wait_leaders(bootstrap, "kept", PARTITIONS))
+        again = asyncio.run(_consume(bootstrap, "kept", "g-kept", 1))
+        assert [(m.key, m.value) for m in again] == records[:1]
+
+        broker_script(run_dir, "up", "--fresh")  # running: reused, nothing wiped
+        assert "kept" in asyncio.run(_topic_names(bootstrap))
+        broker_script(run_dir, "down")
+        broker_script(run_dir, "up", "--fresh")
+        assert "kept" not in asyncio.run(_topic_names(bootstrap))
+        asyncio.run(_create_topic(bootstrap, "gone", 1))
+        with pytest.raises(BrokerError, match="running"):
+            broker_script(run_dir, "clean")
+        broker_script(run_dir, "down")
+        broker_script(run_dir, "clean")
+        assert not (run_dir / "data").exists()
+        broker_script(run_dir, "up")
+        assert "gone" not in asyncio.run(_topic_names(bootstrap))
+    finally:
+        stop_broker(run_dir)
+
+
+async def _wait_leaders(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            (meta,) = await admin.describe_topics([topic])
+            parts = meta["partitions"]
+            if len(parts) == partitions and all(p["leader"] >= 0 for p in parts):
+                return
+            assert time.monotonic() < deadline, f"topic {topic} not back: {meta}"
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
