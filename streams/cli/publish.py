@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -34,8 +34,9 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from streams.app.delivery import ProducerLike, is_permanent
+from streams.app.delivery import is_permanent
 from streams.cli.publish_lines import ArchiveLine, LineLedger, MessageBuilder, Outgoing
+from streams.cli.publish_resume import digest, line_header
 
 # the broker's answers to a record or batch over its message.max.bytes
 SIZE_REFUSALS: tuple[type[BaseException], ...] = (
@@ -75,9 +76,9 @@ def is_size_refusal(exc: BaseException) -> bool:
     return isinstance(exc, SIZE_REFUSALS)
 
 
-def new_producer(bootstrap: list[str], kwargs: dict[str, Any]) -> ProducerLike:
+def new_producer(bootstrap: list[str], kwargs: dict[str, Any]) -> PublishProducer:
     """The idempotent producer publish sends through."""
-    producer: ProducerLike = AIOKafkaProducer(
+    producer: PublishProducer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
         enable_idempotence=True,
@@ -88,6 +89,23 @@ def new_producer(bootstrap: list[str], kwargs: dict[str, Any]) -> ProducerLike:
         **kwargs,
     )
     return producer
+
+
+class PublishProducer(Protocol):
+    """The part of AIOKafkaProducer publish uses (tests may pass a stand-in)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Any]: ...
 
 
 class LineFeed:
@@ -174,7 +192,7 @@ class LinePublisher:
         self,
         topic: str,
         ledger: LineLedger,
-        producer_factory: Callable[[], ProducerLike],
+        producer_factory: Callable[[], PublishProducer],
         *,
         give_up_s: float,
         on_refused: Callable[[Outgoing, BaseException], None],
@@ -182,8 +200,11 @@ class LinePublisher:
         close_timeout_s: float = 5.0,
         backoff_s: tuple[float, float] = (0.2, 2.0),
         clock: Callable[[], float] = time.monotonic,
+        already: dict[int, bytes] | None = None,
     ) -> None:
         self.topic = topic
+        self.already = already or {}  # line -> digest, left on the topic by the last run
+        self.already_there = 0
         self.ledger = ledger
         self._factory = producer_factory
         self.give_up_s = give_up_s
@@ -212,7 +233,7 @@ class LinePublisher:
 
     async def run(self, source: MessageSource) -> PublishOutcome:
         """Send everything `source` yields; returns when all is settled or publish gave up."""
-        producer: ProducerLike | None = None
+        producer: PublishProducer | None = None
         exhausted = False
         delay = self._backoff[0]
         acked_mark = 0
@@ -224,6 +245,7 @@ class LinePublisher:
                 if exhausted and not self._window:
                     return self._outcome(None)
                 if self._clock() - self._last_progress > self.give_up_s:
+                    self.close_timeout_s = 1.0  # what it holds cannot be delivered anyway
                     return self._outcome(self._give_up_text(producer))
                 if self._renew:
                     if producer is not None:
@@ -250,7 +272,7 @@ class LinePublisher:
 
     # -- sending ------------------------------------------------------------------
 
-    async def _start(self) -> ProducerLike | None:
+    async def _start(self) -> PublishProducer | None:
         """A new producer; every message not acknowledged goes again, from the first."""
         self._generation += 1
         self._inflight = 0
@@ -272,7 +294,7 @@ class LinePublisher:
         return producer
 
     async def _send_some(
-        self, producer: ProducerLike, source: MessageSource, exhausted: bool
+        self, producer: PublishProducer, source: MessageSource, exhausted: bool
     ) -> bool:
         """Hand messages to the producer while the window has room; returns `exhausted`."""
         window = self._window
@@ -286,6 +308,10 @@ class LinePublisher:
                 if msg is None:
                     return source.exhausted  # or the input is waiting for more
                 self.ledger.made(msg)
+                if len(msg.lines) == 1 and self.already.get(msg.lines[0]) == digest(msg.value):
+                    self.ledger.settled(msg, refused=False)  # on the topic from the last run
+                    self.already_there += 1
+                    continue
                 slot = _Slot(msg, isolate=len(msg.value) > BATCH_BYTES)
                 window.append(slot)
                 self._window_bytes += len(msg.value)
@@ -298,7 +324,13 @@ class LinePublisher:
                 break  # on its own: once everything before it has its result
             try:
                 fut = await asyncio.wait_for(
-                    producer.send(self.topic, slot.msg.value, slot.msg.key), SEND_WAIT_S
+                    producer.send(
+                        self.topic,
+                        slot.msg.value,
+                        slot.msg.key,
+                        headers=[line_header(slot.msg.lines[0])],
+                    ),
+                    SEND_WAIT_S,
                 )
             except (TimeoutError, KafkaTimeoutError):
                 break  # the producer's buffer is full: the broker is slow or away
@@ -368,7 +400,7 @@ class LinePublisher:
     def _outcome(self, error: str | None) -> PublishOutcome:
         return PublishOutcome(messages=self.acked, error=error)
 
-    def _give_up_text(self, producer: ProducerLike | None) -> str:
+    def _give_up_text(self, producer: PublishProducer | None) -> str:
         why = f" (last error: {_describe(self._last_error)})" if self._last_error else ""
         if producer is None:
             return f"could not start a producer for {self.give_up_s:g}s{why}"
@@ -377,7 +409,7 @@ class LinePublisher:
     def _fatal_text(self, exc: BaseException) -> str:
         return f"Kafka refused a write to {self.topic} for good: {_describe(exc)}"
 
-    async def _close(self, producer: ProducerLike) -> None:
+    async def _close(self, producer: PublishProducer) -> None:
         """Close within close_timeout_s, cutting the connections if a flush cannot finish."""
         try:
             await asyncio.wait_for(producer.stop(), self.close_timeout_s)
@@ -398,7 +430,9 @@ class LinePublisher:
 def _describe(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     name = type(exc).__name__
-    return f"{name}: {text}" if text and text != name else name
+    if not text or text.startswith(name):  # aiokafka's texts often start with it
+        return text or name
+    return f"{name}: {text}"
 
 
 class PublishProgress:

@@ -26,6 +26,7 @@ from streams.cli.publish_lines import (
     Outgoing,
     numbered_lines,
 )
+from streams.cli.publish_resume import lines_on_topic
 from streams.kafkaio import KafkaAccessError, check_login, check_topics, client_kwargs, refused
 from streams.settings import Settings
 
@@ -58,7 +59,7 @@ def publish_archives(args: argparse.Namespace, settings: Settings) -> int:
             where = index.where(n)
             print(
                 f"frwatch publish: line {n}{f' ({where})' if where else ''}: refused by Kafka "
-                f"({type(exc).__name__}: a {len(msg.value):,}-byte message is over the broker's "
+                f"({type(exc).__name__}: a {len(msg.value):,}-byte message is over Kafka's "
                 "limit); not sent",
                 file=sys.stderr,
             )
@@ -80,6 +81,8 @@ def publish_archives(args: argparse.Namespace, settings: Settings) -> int:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         await check_login(settings)
         await check_topics(settings, [topic], hidden_too=False)
+        if args.from_line is not None:
+            publisher.already = await lines_on_topic(settings, topic, from_line)
         feed.start(publisher.wake)
         try:
             return await publisher.run(source)
@@ -106,6 +109,7 @@ def publish_archives(args: argparse.Namespace, settings: Settings) -> int:
                 "lines": ledger.sent,
                 "refused": len(ledger.refused),
                 "refused_lines": ledger.refused[:REFUSED_SHOWN],
+                "already_on_topic": publisher.already_there,
                 "from_line": from_line,
                 "last_line": ledger.last_read,
                 "seconds": round(time.perf_counter() - started, 3),
@@ -136,7 +140,7 @@ def _how_far(
     )
     again = ledger.sent_after(first)
     if again:
-        text += f" ({again} lines after it were sent too: a resume sends them again)"
+        text += f" ({again} lines after it were sent too: the resume finds them on the topic)"
     if ledger.refused:
         shown = ", ".join(map(str, ledger.refused[:10]))
         more = ", ..." if len(ledger.refused) > 10 else ""
