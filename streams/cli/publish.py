@@ -237,6 +237,7 @@ class LinePublisher:
         exhausted = False
         delay = self._backoff[0]
         acked_mark = 0
+        self._last_progress = self._clock()
         try:
             while True:
                 self._drop_settled_head()

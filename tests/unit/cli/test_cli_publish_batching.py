@@ -299,6 +299,9 @@ def test_worker_help_shows_every_setting_variable_with_its_default() -> None:
         ["publish", "--nope", "x.jsonl"],
         ["publish", "--batch", "x", "x.jsonl"],
         ["publish", "--batch", "0", "x.jsonl"],
+        ["publish", "--from-line", "0", "x.jsonl"],
+        ["publish", "--from-line", "x", "x.jsonl"],
+        ["publish", "--give-up-after", "0", "x.jsonl"],
         ["publish"],
         ["topics"],
         ["topics", "bogus"],
@@ -336,3 +339,11 @@ def test_screening_processes_from_the_environment(value: str, want: int) -> None
     assert settings_from_env({}).screening_processes == 1
     flag = settings_from_env({}, {"screening_processes": value}).screening_processes
     assert flag == want
+
+
+def test_publish_help_explains_line_numbers_and_the_resume() -> None:
+    proc = run("publish", "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    for words in ("--from-line N", "1-based", "--topic T", "--give-up-after SECONDS", "exits 2"):
+        assert words in text, words
