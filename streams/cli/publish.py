@@ -18,12 +18,10 @@ import asyncio
 import collections
 import contextlib
 import functools
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -35,7 +33,8 @@ from aiokafka.errors import (
 )
 
 from streams.app.delivery import is_permanent
-from streams.cli.publish_lines import ArchiveLine, LineLedger, MessageBuilder, Outgoing
+from streams.cli.publish_feed import MessageSource
+from streams.cli.publish_lines import LineLedger, Outgoing
 from streams.cli.publish_resume import digest, line_header
 
 # the broker's answers to a record or batch over its message.max.bytes
@@ -106,83 +105,6 @@ class PublishProducer(Protocol):
         *,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> asyncio.Future[Any]: ...
-
-
-class LineFeed:
-    """Reads archive lines in a thread of its own, so that an input that waits (a pipe on
-    stdin) never holds up the event loop that sends and acknowledges the lines before."""
-
-    def __init__(self, lines: Iterator[ArchiveLine], limit: int = 10_000) -> None:
-        self._lines = lines
-        self._limit = limit
-        self.ready: collections.deque[ArchiveLine] = collections.deque()
-        self.done = False  # set after the last line is in `ready`
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-
-    def start(self, wake: Callable[[], None]) -> None:
-        """Start reading; `wake` is called (in the loop) when lines arrive or input ends."""
-        loop = asyncio.get_running_loop()
-
-        def poke() -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(wake)
-
-        def read() -> None:
-            try:
-                for line in self._lines:
-                    while len(self.ready) >= self._limit:
-                        if self._stop.wait(0.005):
-                            return
-                    was_empty = not self.ready
-                    self.ready.append(line)
-                    if was_empty:
-                        poke()
-                    if self._stop.is_set():
-                        return
-            except BaseException as exc:  # handed to the loop, which reports it
-                self.error = exc
-            finally:
-                self.done = True
-                poke()
-
-        threading.Thread(target=read, name="frwatch-publish-read", daemon=True).start()
-
-    def stop(self) -> None:
-        """Stop reading (a thread blocked on a pipe ends with the process)."""
-        self._stop.set()
-
-
-class MessageSource:
-    """Messages built from the lines a LineFeed has read so far (never waits)."""
-
-    def __init__(self, feed: LineFeed, builder: MessageBuilder) -> None:
-        self.feed = feed
-        self.builder = builder
-        self._ready: collections.deque[Outgoing] = collections.deque()
-        self._finished = False
-
-    def take(self) -> Outgoing | None:
-        """The next message, or None when there is none yet (or no more: see `exhausted`)."""
-        feed = self.feed
-        while not self._ready:
-            if feed.ready:
-                self._ready.extend(self.builder.add(feed.ready.popleft()))
-                continue
-            if feed.error is not None:
-                raise feed.error
-            if not feed.done or self._finished:
-                return None
-            if feed.ready:  # `done` is set after the last line is in: read it first
-                continue
-            self._finished = True
-            self._ready.extend(self.builder.finish())
-        return self._ready.popleft()
-
-    @property
-    def exhausted(self) -> bool:
-        """Every line was read and every message taken."""
-        return self._finished and not self._ready
 
 
 class LinePublisher:
@@ -434,39 +356,3 @@ def _describe(exc: BaseException) -> str:
     if not text or text.startswith(name):  # aiokafka's texts often start with it
         return text or name
     return f"{name}: {text}"
-
-
-class PublishProgress:
-    """Lines sent so far on a terminal, at most a few times a second (silent otherwise)."""
-
-    def __init__(self, stream: TextIO, ledger: LineLedger, clock: Callable[[], float]) -> None:
-        self.stream = stream
-        self.ledger = ledger
-        self.enabled = stream.isatty()
-        self._clock = clock
-        self.started = clock()
-        self.next_at = self.started + 0.5
-
-    def tick(self) -> None:
-        """Redraw the status line when it is due."""
-        now = self._clock()
-        if not self.enabled or now < self.next_at:
-            return
-        self.next_at = now + 0.5
-        rate = self.ledger.sent / max(now - self.started, 1e-9)
-        self.stream.write(
-            f"\rpublish: {self.ledger.sent:,} lines sent ({rate:,.0f}/s), "
-            f"{len(self.ledger.refused):,} refused, line {self.ledger.last_read:,} read"
-        )
-        self.stream.flush()
-
-    def done(self) -> None:
-        """Clear the status line."""
-        if self.enabled:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-
-
-def stderr_progress(ledger: LineLedger) -> PublishProgress:
-    """Progress on stderr."""
-    return PublishProgress(sys.stderr, ledger, time.monotonic)

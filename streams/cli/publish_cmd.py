@@ -7,18 +7,14 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Callable
+from typing import TextIO
 
 import orjson
 
 from streams.archive import ArchiveError
-from streams.cli.publish import (
-    LineFeed,
-    LinePublisher,
-    MessageSource,
-    PublishOutcome,
-    new_producer,
-    stderr_progress,
-)
+from streams.cli.publish import LinePublisher, PublishOutcome, new_producer
+from streams.cli.publish_feed import LineFeed, MessageSource
 from streams.cli.publish_lines import (
     LineIndex,
     LineLedger,
@@ -32,6 +28,42 @@ from streams.settings import Settings
 
 EXIT_FAILED = 2
 REFUSED_SHOWN = 100  # line numbers listed in the summary; the count covers them all
+
+
+class PublishProgress:
+    """Lines sent so far on a terminal, at most a few times a second (silent otherwise)."""
+
+    def __init__(self, stream: TextIO, ledger: LineLedger, clock: Callable[[], float]) -> None:
+        self.stream = stream
+        self.ledger = ledger
+        self.enabled = stream.isatty()
+        self._clock = clock
+        self.started = clock()
+        self.next_at = self.started + 0.5
+
+    def tick(self) -> None:
+        """Redraw the status line when it is due."""
+        now = self._clock()
+        if not self.enabled or now < self.next_at:
+            return
+        self.next_at = now + 0.5
+        rate = self.ledger.sent / max(now - self.started, 1e-9)
+        self.stream.write(
+            f"\rpublish: {self.ledger.sent:,} lines sent ({rate:,.0f}/s), "
+            f"{len(self.ledger.refused):,} refused, line {self.ledger.last_read:,} read"
+        )
+        self.stream.flush()
+
+    def done(self) -> None:
+        """Clear the status line."""
+        if self.enabled:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def stderr_progress(ledger: LineLedger) -> PublishProgress:
+    """Progress on stderr."""
+    return PublishProgress(sys.stderr, ledger, time.monotonic)
 
 
 def _fail(message: str) -> int:
