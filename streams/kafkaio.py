@@ -206,10 +206,13 @@ async def check_topics(
         )
     missing = [t for t in topics if t not in cluster.topics() and t not in hidden]
     if missing:
-        which = "topic " + missing[0] if len(missing) == 1 else "topics " + ", ".join(missing)
+        which = (
+            f"topic {missing[0]} does not exist"
+            if len(missing) == 1
+            else f"topics {', '.join(missing)} do not exist"
+        )
         raise TopicMissingError(
-            f"{which} does not exist on broker {settings.broker} "
-            "(create the topics with `frwatch topics create`)"
+            f"{which} on broker {settings.broker} (create the topics with `frwatch topics create`)"
         )
 
 

@@ -274,5 +274,6 @@ def test_a_missing_topic_is_one_line_naming_it_and_is_not_created(
     worker = run(["worker"], {**env, "FRWATCH_WEB_PORT": str(free_port())}, timeout=60)
     err = worker.stderr.decode().strip()
     assert worker.returncode == 2 and len(err.splitlines()) == 1, err
-    assert err.startswith("frwatch worker: error: topics ") and "does not exist" in err
+    assert err.startswith(f"frwatch worker: error: topics {unique_name}.requests, ")
+    assert "do not exist" in err and "frwatch topics create" in err
     assert not {t for t in topic_names(kafka_bootstrap) if t.startswith(unique_name)}
