@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from kafka_broker import start_broker, start_broker_again, stop_broker, stop_broker_keeping_data
 from scenarios import scenario_archive, write_jsonl
 from worker_harness import (
+    REPO,
     Worker,
     alert_ids_on_topic,
     frwatch,
@@ -335,13 +337,25 @@ def test_broker_restarts_under_load_the_worker_resumes_alone_with_every_alert(
     topic = env["FRWATCH_TOPIC_REQUESTS"]
     asyncio.run(_publish_raw(bootstrap, topic, lines[:half]))  # a backlog first
     worker = Worker(env, tmp_path / "w").start()
-    published = threading.Event()
+    # the rest through `frwatch publish -` at ~25 lines/s, through every outage
+    publish = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli.main", "publish", "--give-up-after", "90", "-"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
 
-    def steady_publish() -> None:  # the rest at ~25 lines/s, through every outage
-        asyncio.run(_publish_raw(bootstrap, topic, lines[half:], every_s=0.04))
-        published.set()
+    def steady_feed() -> None:
+        assert publish.stdin is not None
+        for line in lines[half:]:
+            publish.stdin.write(line + b"\n")
+            publish.stdin.flush()
+            time.sleep(0.04)
+        publish.stdin.close()
 
-    publisher = threading.Thread(target=steady_publish, daemon=True)
+    publisher = threading.Thread(target=steady_feed, daemon=True)
     resumed: list[float] = []
     try:
         wait_for(lambda: worker.records_counted() > 0, 120, "the worker started", worker)
@@ -360,7 +374,9 @@ def test_broker_restarts_under_load_the_worker_resumes_alone_with_every_alert(
             )
             resumed.append(time.monotonic() - back)
         publisher.join(timeout=600)
-        assert published.is_set(), "the publisher did not finish"
+        _, publish_err = publish.communicate(timeout=300)
+        assert publish.returncode == 0, publish_err.decode()[-2000:]
+        publish_summary = orjson.loads(publish_err.decode().strip().splitlines()[-1])
         wait_for(
             lambda: set(alert_ids_on_topic(bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want_ids,
             RESUME_WITHIN_S,
@@ -371,11 +387,13 @@ def test_broker_restarts_under_load_the_worker_resumes_alone_with_every_alert(
         assert worker.proc is not None and worker.proc.poll() is None
     finally:
         worker.stop()
+        if publish.poll() is None:
+            publish.kill()
     live = set(alert_ids_on_topic(bootstrap, env["FRWATCH_TOPIC_ALERTS"]))
     assert live == want_ids
     print(
         f"{RESTARTS} broker restarts of {DOWN_S:.0f}s: counting again "
         f"{', '.join(f'{s:.1f}s' for s in resumed)} after each return; "
         f"{len(live)} alerts (replay {len(want_ids)}), all there {all_alerts_s:.1f}s after the "
-        f"last return (the publisher done by then)"
+        f"last return; publish: {publish_summary}"
     )
