@@ -16,11 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # works with any --import-mode
 from kafka_broker import BrokerError, start_broker, stop_broker
 
 EXTERNAL_BROKER_ENV = "FRWATCH_TEST_BROKER"
+
+# one Hypothesis profile for every property test: a test's first examples run while imports
+# and caches warm up (and beside a broker on a busy machine), so neither a deadline nor the
+# too_slow health check may fail a test that is only slow to start
+settings.register_profile(
+    "frwatch", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("frwatch")
 
 
 def pytest_configure(config: pytest.Config) -> None:

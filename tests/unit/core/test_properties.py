@@ -12,7 +12,7 @@ import copy
 from collections import defaultdict
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.core.classify import EnrichedEvent
@@ -206,7 +206,7 @@ def events_of(stream: list[Tagged]) -> list[dict[str, Any]]:
     return [e for e, _ in stream]
 
 
-PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=150)  # deadline and health checks: tests/conftest.py
 
 
 @PROPERTY
