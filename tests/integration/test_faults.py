@@ -20,16 +20,18 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from kafka_broker import start_broker, start_broker_again, stop_broker, stop_broker_keeping_data
-from scenarios import scenario_archive, write_jsonl
+from scenarios import write_jsonl
 from worker_harness import (
     REPO,
     Worker,
     alert_ids_on_topic,
+    committed_offsets,
     frwatch,
-    frwatch_env,
+    prepared_topics,
     read_topic,
     replay_alerts,
     wait_for,
+    wait_for_alerts,
 )
 
 from topics.catalog import detect_topic_name
@@ -44,16 +46,6 @@ RAW_LIMIT_BYTES = 64 * 1024  # SPEC 2.3: raw holds at most 64 KiB of the origina
 LETTER_LIMIT_BYTES = 6 * RAW_LIMIT_BYTES + 4096
 
 
-def _prepared(
-    bootstrap: str, name: str, tmp: Path, hours: int = 2
-) -> tuple[dict[str, str], Path, Path]:
-    env = frwatch_env(bootstrap, name)
-    accounts, events = scenario_archive(tmp, hours=hours)
-    frwatch(["topics", "create"], env)
-    frwatch(["accounts", "load", str(accounts)], env)
-    return env, accounts, events
-
-
 async def _set_max_message_bytes(bootstrap: str, topic: str, value: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -62,17 +54,6 @@ async def _set_max_message_bytes(bootstrap: str, topic: str, value: str) -> None
         await admin.alter_configs([resource])
     finally:
         await admin.close()
-
-
-async def _committed(bootstrap: str, group: str, topic: str) -> int:
-    """Sum of the group's committed offsets on the topic (records it may never see again)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
 
 
 def _exit_code(worker: Worker, timeout: float) -> int:
@@ -97,7 +78,7 @@ def test_a_topic_refusing_writes_stops_the_worker_and_a_restart_loses_nothing(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path, refusing: str
 ) -> None:
     """A permanent refusal: exit 1 naming the topic, nothing committed past; then all of it."""
-    env, accounts, events = _prepared(kafka_bootstrap, unique_name, tmp_path)
+    env, accounts, events = prepared_topics(kafka_bootstrap, unique_name, tmp_path)
     frwatch(["publish", str(events)], env)
     total = len(events.read_bytes().splitlines())
     want, summary = replay_alerts(events, accounts, env)
@@ -118,8 +99,8 @@ def test_a_topic_refusing_writes_stops_the_worker_and_a_restart_loses_nothing(
     log = worker.log_tail(200)
     assert code == 1, log
     assert f"refused a write to {topic} for good" in log
-    committed = asyncio.run(
-        _committed(kafka_bootstrap, env["FRWATCH_APP_ID"], env["FRWATCH_TOPIC_REQUESTS"])
+    committed = committed_offsets(
+        kafka_bootstrap, env["FRWATCH_APP_ID"], env["FRWATCH_TOPIC_REQUESTS"]
     )
     assert committed < total, "offsets committed past a write Kafka refused"
     lost_so_far = want_ids - set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"]))
@@ -128,10 +109,10 @@ def test_a_topic_refusing_writes_stops_the_worker_and_a_restart_loses_nothing(
     asyncio.run(_set_max_message_bytes(kafka_bootstrap, topic, KAFKA_DEFAULT_MAX_MESSAGE_BYTES))
     worker = Worker(env, tmp_path / "w2").start()
     try:
-        wait_for(
-            lambda: (
-                set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want_ids
-            ),
+        wait_for_alerts(
+            kafka_bootstrap,
+            env["FRWATCH_TOPIC_ALERTS"],
+            want_ids,
             180,
             "every replay alert after the fix",
             worker,
@@ -256,7 +237,7 @@ def test_poison_messages_are_dead_lettered_bounded_and_the_worker_never_stops(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
     """Large, deep and control-byte input: bounded letters with reasons, the exact alert set."""
-    env, accounts, events = _prepared(kafka_bootstrap, unique_name, tmp_path)
+    env, accounts, events = prepared_topics(kafka_bootstrap, unique_name, tmp_path)
     lines, sha = _poison(events)
     archive = write_jsonl(tmp_path / "poisoned.jsonl", lines)
     want, _ = replay_alerts(archive, accounts, env)
@@ -270,10 +251,10 @@ def test_poison_messages_are_dead_lettered_bounded_and_the_worker_never_stops(
     asyncio.run(_publish_raw(kafka_bootstrap, env["FRWATCH_TOPIC_REQUESTS"], lines))
     worker = Worker(env, tmp_path / "w").start()
     try:
-        wait_for(
-            lambda: (
-                set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want_ids
-            ),
+        wait_for_alerts(
+            kafka_bootstrap,
+            env["FRWATCH_TOPIC_ALERTS"],
+            want_ids,
             240,
             "every replay alert",
             worker,
@@ -329,7 +310,7 @@ def test_broker_restarts_under_load_the_worker_resumes_alone_with_every_alert(
 ) -> None:
     """Three broker restarts (data kept) while the worker and a publisher are busy: no kill."""
     run_dir, bootstrap = private_broker
-    env, accounts, events = _prepared(bootstrap, unique_name, tmp_path, hours=6)
+    env, accounts, events = prepared_topics(bootstrap, unique_name, tmp_path, hours=6)
     lines = events.read_bytes().splitlines()
     want, _ = replay_alerts(events, accounts, env)
     want_ids = {a["alert_id"] for a in want}

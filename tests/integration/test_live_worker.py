@@ -13,12 +13,13 @@ from pathlib import Path
 
 import orjson
 import pytest
-from scenarios import scenario_archive, write_jsonl
+from scenarios import write_jsonl
 from worker_harness import (
     Worker,
     alert_ids_on_topic,
     frwatch,
     frwatch_env,
+    prepared_topics,
     read_topic,
     replay_alerts,
     wait_for,
@@ -31,16 +32,6 @@ pytestmark = pytest.mark.integration
 FRWATCH = (sys.executable, "-m", "streams.cli.main")
 
 
-def _prepare(
-    kafka_bootstrap: str, name: str, tmp_path: Path, hours: int = 2
-) -> tuple[dict[str, str], Path, Path]:
-    env = frwatch_env(kafka_bootstrap, name)
-    accounts, events = scenario_archive(tmp_path, hours=hours)
-    frwatch(["topics", "create"], env)
-    frwatch(["accounts", "load", str(accounts)], env)
-    return env, accounts, events
-
-
 @pytest.mark.parametrize(
     ("batch", "screening"),
     [(None, "1"), (50, "1"), (50, "0")],
@@ -49,7 +40,7 @@ def _prepare(
 def test_live_alerts_equal_replay(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path, batch: int | None, screening: str
 ) -> None:
-    env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path)
+    env, accounts, events = prepared_topics(kafka_bootstrap, unique_name, tmp_path)
     env["FRWATCH_SCREENING_PROCESSES"] = screening
     expected, summary = replay_alerts(events, accounts, env)
     assert {a["rule_id"] for a in expected} == {f"FR-00{i}" for i in range(1, 9)}
@@ -102,7 +93,7 @@ def test_live_alerts_equal_replay(
 def test_kcat_reads_alerts_as_an_analyst_would(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
-    env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path, hours=1)
+    env, accounts, events = prepared_topics(kafka_bootstrap, unique_name, tmp_path, hours=1)
     expected, _ = replay_alerts(events, accounts, env)
     frwatch(["publish", str(events)], env)
     worker = Worker(env, tmp_path / "w").start()
@@ -160,7 +151,7 @@ def _second_worker_completes(
 def test_crash_repeats_but_never_loses_alerts(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
-    env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path, hours=12)
+    env, accounts, events = prepared_topics(kafka_bootstrap, unique_name, tmp_path, hours=12)
     expected, _ = replay_alerts(events, accounts, env)
     want = {a["alert_id"] for a in expected}
     frwatch(["publish", str(events)], env)
@@ -213,7 +204,7 @@ def test_killed_screening_processes_lose_and_repeat_nothing(
     it had not answered: every record is counted exactly once (the worker itself never
     restarts, so nothing may repeat), and the alerts are exactly the replay's.
     """
-    env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path, hours=12)
+    env, accounts, events = prepared_topics(kafka_bootstrap, unique_name, tmp_path, hours=12)
     expected, summary = replay_alerts(events, accounts, env)
     want = {a["alert_id"] for a in expected}
     lines = events.read_bytes().splitlines()
@@ -260,7 +251,7 @@ def test_a_crash_with_batches_waiting_for_screening_loses_no_alert(
     """The worker is killed while the whole archive waits for its (stopped) screening process,
     for longer than Faust's commit interval (2.8 s): no offset of a waiting batch may have
     been committed, so the next worker routes them all and every alert comes."""
-    env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path, hours=12)
+    env, accounts, events = prepared_topics(kafka_bootstrap, unique_name, tmp_path, hours=12)
     expected, summary = replay_alerts(events, accounts, env)
     want = {a["alert_id"] for a in expected}
     first = Worker(env, tmp_path / "w1").start()
@@ -389,7 +380,7 @@ def test_malformed_and_rejected_input_goes_to_the_dlq(
 
 
 def test_two_workers_share_the_work(kafka_bootstrap: str, unique_name: str, tmp_path: Path) -> None:
-    env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path, hours=3)
+    env, accounts, events = prepared_topics(kafka_bootstrap, unique_name, tmp_path, hours=3)
     expected, _ = replay_alerts(events, accounts, env)
     workers = [Worker(env, tmp_path / f"w{i}").start() for i in range(2)]
     try:
@@ -444,7 +435,7 @@ def test_a_worker_joining_while_records_arrive_loses_no_alert(
     stalled). streams/app/fastpath.py seeks them to their beginning. No stalled worker is
     restarted here: every alert must come without help.
     """
-    env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path, hours=3)
+    env, accounts, events = prepared_topics(kafka_bootstrap, unique_name, tmp_path, hours=3)
     expected, _ = replay_alerts(events, accounts, env)
     want = {a["alert_id"] for a in expected}
     first = Worker(env, tmp_path / "w1").start()
@@ -477,7 +468,7 @@ def test_rebalances_under_load_lose_no_alert(
     revocation waits until they are routed and acked.
     """
     publish = ["publish", *(["--batch", str(batch)] if batch else [])]
-    env, accounts, events = _prepare(kafka_bootstrap, unique_name, tmp_path, hours=12)
+    env, accounts, events = prepared_topics(kafka_bootstrap, unique_name, tmp_path, hours=12)
     expected, _ = replay_alerts(events, accounts, env)
     want = {a["alert_id"] for a in expected}
     lines = events.read_bytes().splitlines()

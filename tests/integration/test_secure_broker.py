@@ -15,7 +15,17 @@ import pytest
 from conftest import SecureKafka
 from kafka_broker import kafka_acls
 from scenarios import scenario_archive
-from worker_harness import REPO, Worker, frwatch, frwatch_env, replay_alerts, wait_for
+from worker_harness import (
+    REPO,
+    Worker,
+    committed_offsets,
+    frwatch,
+    frwatch_env,
+    replay_alerts,
+    wait_for,
+)
+
+from streams.kafka_config import load_kafka_config
 
 pytestmark = pytest.mark.integration
 
@@ -274,7 +284,8 @@ def test_a_worker_that_may_not_write_alerts_stops_and_commits_nothing_past(
     log = worker.log_path.read_text(errors="replace")
     assert code == 1, worker.log_tail(40)
     assert f"refused a write to {alerts} for good: TopicAuthorizationFailedError" in log
-    committed = committed_offsets(kafka, admin, unique_name, f"{unique_name}.requests")
+    client = load_kafka_config(admin["FRWATCH_KAFKA_CONFIG"]).aiokafka_kwargs()
+    committed = committed_offsets(kafka.bootstrap, unique_name, f"{unique_name}.requests", client)
     assert committed < total
 
     kafka_acls(kafka.run_dir, ["--add", *acl, "--operation", "Write"])
@@ -296,24 +307,3 @@ def alert_ids_on_topic_as(env: dict[str, str], topic: str) -> list[str]:
     """alert ids on the topic, read with `frwatch alerts tail` as the env's principal."""
     proc = frwatch(["alerts", "tail", "--from-beginning", "--json", "--idle-exit", "2"], env)
     return [orjson.loads(x)["alert_id"] for x in proc.stdout.splitlines() if x]
-
-
-def committed_offsets(kafka: SecureKafka, env: dict[str, str], group: str, topic: str) -> int:
-    """Sum of the group's committed offsets on the topic, read as the admin."""
-    import asyncio
-
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    from streams.kafka_config import load_kafka_config
-
-    async def main() -> int:
-        cfg = load_kafka_config(env["FRWATCH_KAFKA_CONFIG"])
-        client = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap, **cfg.aiokafka_kwargs())
-        await client.start()
-        try:
-            offsets = await client.list_consumer_group_offsets(group)
-        finally:
-            await client.close()
-        return sum(m.offset for tp, m in offsets.items() if tp.topic == topic and m.offset > 0)
-
-    return asyncio.run(main())

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.kafkaio import assign_from_beginning
 
@@ -257,3 +258,40 @@ def replay_alerts(
     alerts = [orjson.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     summary = orjson.loads(proc.stderr.decode().strip().splitlines()[-1])
     return alerts, summary
+
+
+def prepared_topics(
+    bootstrap: str, name: str, tmp: Path, hours: int = 2
+) -> tuple[dict[str, str], Path, Path]:
+    """This test's topics created and its accounts loaded; the scenario archive, unpublished."""
+    from scenarios import scenario_archive
+
+    env = frwatch_env(bootstrap, name)
+    accounts, events = scenario_archive(tmp, hours=hours)
+    frwatch(["topics", "create"], env)
+    frwatch(["accounts", "load", str(accounts)], env)
+    return env, accounts, events
+
+
+def committed_offsets(
+    bootstrap: str, group: str, topic: str, client: dict[str, Any] | None = None
+) -> int:
+    """Sum of the group's committed offsets on the topic (records it may never see again)."""
+
+    async def main() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client or {}))
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(group)
+        finally:
+            await admin.close()
+        return sum(m.offset for tp, m in offsets.items() if tp.topic == topic and m.offset > 0)
+
+    return asyncio.run(main())
+
+
+def wait_for_alerts(
+    bootstrap: str, topic: str, want: set[str], timeout: float, what: str, worker: Worker
+) -> None:
+    """Wait until every alert id of `want` is on the alert topic."""
+    wait_for(lambda: set(alert_ids_on_topic(bootstrap, topic)) >= want, timeout, what, worker)
