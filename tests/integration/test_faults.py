@@ -319,12 +319,13 @@ def test_broker_restarts_under_load_the_worker_resumes_alone_with_every_alert(
     asyncio.run(_publish_raw(bootstrap, topic, lines[:half]))  # a backlog first
     worker = Worker(env, tmp_path / "w").start()
     # the rest through `frwatch publish -` at ~25 lines/s, through every outage
+    publish_log = tmp_path / "publish.log"
     publish = subprocess.Popen(
         [sys.executable, "-m", "streams.cli.main", "publish", "--give-up-after", "90", "-"],
         env=env,
         stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=publish_log.open("wb"),
         cwd=REPO,
     )
 
@@ -355,9 +356,10 @@ def test_broker_restarts_under_load_the_worker_resumes_alone_with_every_alert(
             )
             resumed.append(time.monotonic() - back)
         publisher.join(timeout=600)
-        _, publish_err = publish.communicate(timeout=300)
-        assert publish.returncode == 0, publish_err.decode()[-2000:]
-        publish_summary = orjson.loads(publish_err.decode().strip().splitlines()[-1])
+        publish.wait(timeout=300)
+        publish_err = publish_log.read_text(errors="replace")
+        assert publish.returncode == 0, publish_err[-2000:]
+        publish_summary = orjson.loads(publish_err.strip().splitlines()[-1])
         wait_for(
             lambda: set(alert_ids_on_topic(bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want_ids,
             RESUME_WITHIN_S,
