@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+# FRWATCH_INSTANCE_ID value that turns static group membership off
+NO_INSTANCE_ID = "none"
+# what Kafka accepts as group.instance.id
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 class SettingsError(ValueError):
@@ -29,6 +38,20 @@ SETTINGS: tuple[tuple[str, str, str, str], ...] = (
     ("topic_dlq", "FRWATCH_TOPIC_DLQ", "frwatch.dlq", "rejected input (dead letters)"),
     ("rules", "FRWATCH_RULES", "", "rules file (default: the built-in catalog)"),
     ("store", "FRWATCH_STORE", "memory://", "Faust table store (rocksdb:// for production)"),
+    (
+        "data_dir",
+        "FRWATCH_DATA_DIR",
+        "",
+        "the worker's data directory, rocksdb:// tables included (default: <app_id>-data"
+        " in the working directory); one per worker",
+    ),
+    (
+        "instance_id",
+        "FRWATCH_INSTANCE_ID",
+        "",
+        "static consumer-group member id, stable across restarts (default: host name and a"
+        " hash of the data directory; none: dynamic membership)",
+    ),
     (
         "partitions",
         "FRWATCH_PARTITIONS",
@@ -75,6 +98,30 @@ class Settings:
     screening_processes: int
     idle_after: int = 300
     kafka_config: str | None = None
+    data_dir: str | None = None
+    instance_id: str | None = None
+
+    @property
+    def data_path(self) -> Path:
+        """The worker's data directory (Faust's `datadir`), absolute."""
+        return Path(self.data_dir or f"{self.app_id}-data").absolute()
+
+    @property
+    def group_instance_id(self) -> str | None:
+        """The worker's static group member id, or None for dynamic membership.
+
+        Default: the host name and a hash of the data directory. A worker killed and
+        started again (same host, same directory) takes its place in the group back at
+        once, instead of waiting for the old member's session to time out; two workers on
+        one host differ by their data directories, which they may not share anyway.
+        """
+        if self.instance_id == NO_INSTANCE_ID:
+            return None
+        if self.instance_id:
+            return self.instance_id
+        digest = hashlib.sha256(str(self.data_path).encode()).hexdigest()[:12]
+        host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:200] or "host"
+        return f"{host}-{digest}"
 
     @property
     def idle_after_ms(self) -> int:
@@ -132,6 +179,11 @@ def _validated(raw: Mapping[str, str]) -> Settings:
             raise SettingsError(f"{env_name(f)} must not be empty")
     if not raw["store"].strip():
         raise SettingsError(f"{env_name('store')} must not be empty")
+    instance_id = raw["instance_id"].strip()
+    if instance_id and not _INSTANCE_ID.fullmatch(instance_id):
+        raise SettingsError(
+            f"{env_name('instance_id')}: {instance_id!r} is not 1..249 of A-Z a-z 0-9 . _ -"
+        )
     return Settings(
         broker=",".join(hosts),
         app_id=raw["app_id"].strip(),
@@ -147,6 +199,8 @@ def _validated(raw: Mapping[str, str]) -> Settings:
         screening_processes=screening_processes,
         idle_after=idle_after,
         kafka_config=raw["kafka_config"].strip() or None,
+        data_dir=raw["data_dir"].strip() or None,
+        instance_id=instance_id or None,
     )
 
 

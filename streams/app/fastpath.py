@@ -19,6 +19,10 @@ evidence behind each is in docs/operations.md, "Faust consumer changes":
    message whose writes Kafka refused, or cannot take while it is away, is never acked
    (streams/app/tickets.py), and Faust would wait for it forever. After `wait_empty_s`
    what is acked is committed and the rest is processed again by whoever owns it next.
+6. A clean stop leaves the consumer group even as a static member (FRWATCH_INSTANCE_ID):
+   aiokafka sends no LeaveGroup for one, so its partitions would wait for its session to
+   time out (60 s) before another worker took them over. A killed worker sends nothing and
+   takes its place back when it starts again with the same instance id.
 """
 
 from __future__ import annotations
@@ -93,6 +97,17 @@ async def _seek_to_beginning(consumer: Any, partitions: list[Any]) -> None:
     await consumer.seek_to_beginning(*partitions)
 
 
+class LeavingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
+    """Faust's consumer thread; on a clean stop a static member leaves the group too."""
+
+    async def on_thread_stop(self) -> None:
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is not None and getattr(coordinator, "_group_instance_id", None):
+            # aiokafka's close sends LeaveGroup (by member id) only for dynamic members
+            coordinator._group_instance_id = None
+        await super().on_thread_stop()
+
+
 class FastPathConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
     """Faust's aiokafka consumer with the changes described in the module docstring."""
 
@@ -112,6 +127,9 @@ class FastPathConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         # set while no stream buffer is under pressure
         self._drained = asyncio.Event()
         self._drained.set()
+
+    def _new_consumer_thread(self) -> Any:
+        return LeavingConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def on_buffer_full(self, tp: TP) -> None:
         """A stream buffer is under pressure: hold deliveries until it drains.

@@ -100,6 +100,12 @@ def build_app(
         settings.app_id,
         broker=settings.faust_broker,
         store=settings.store,
+        # rocksdb:// tables live here: one directory per worker (docs/operations.md)
+        datadir=str(settings.data_path),
+        # static membership: a killed worker started again takes its partitions back at
+        # once instead of after the old member's session timeout (a clean stop still leaves
+        # the group: streams/app/fastpath.py)
+        consumer_group_instance_id=settings.group_instance_id,
         topic_partitions=settings.partitions,
         web_bind=settings.web_bind,
         web_port=settings.web_port,

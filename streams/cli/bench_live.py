@@ -41,7 +41,7 @@ def _bench_settings(base: Settings, name: str, port: int) -> Settings:
             "topic_dlq": f"{name}.dlq",
             "partitions": base.partitions,
             "screening_processes": base.screening_processes,
-            "store": "memory://",
+            "store": base.store,
         },
     )
 
@@ -349,7 +349,7 @@ def measure_live(
         last_line = floor.stdout.splitlines()[-1]  # Faust's spinner may precede the JSON
         floor_eps = orjson.loads(last_line[last_line.index(b"{") :])["faust_floor_eps"]
 
-    say("bench: the frwatch worker ...")
+    say(f"bench: the frwatch worker (store {s.store}) ...")
     with tempfile.TemporaryDirectory(prefix="frwatch-bench-worker-") as wd:
         log = open(os.path.join(wd, "worker.log"), "wb")  # noqa: SIM115
         worker = subprocess.Popen(
@@ -375,6 +375,7 @@ def measure_live(
     say(f"bench: {len(lat)} latency probes")
     say("bench: worker RSS (with its screening processes) " + _rss_report(rss))
     return {
+        "store": s.store,
         "raw_consume_eps": round(raw_eps),
         "faust_floor_eps": floor_eps,
         "detector_eps": round(detector_eps),

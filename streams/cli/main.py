@@ -183,7 +183,7 @@ def build_parser() -> OneLineParser:
     b.add_argument("--batch", type=int, default=1, metavar="K", help="records per message")
     b.add_argument("--offline", action="store_true", help="replay speed only, no broker")
     b.add_argument("--json", action="store_true", help="end with one JSON object")
-    _settings_flags(b, (*KAFKA, "partitions", "screening_processes"))
+    _settings_flags(b, (*KAFKA, "partitions", "screening_processes", "store"))
     return p
 
 

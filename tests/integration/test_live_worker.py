@@ -148,10 +148,15 @@ def _second_worker_completes(
     return second, stalls
 
 
+STORES = pytest.mark.parametrize("store", ["memory://", "rocksdb://"], ids=["memory", "rocksdb"])
+
+
+@STORES
 def test_crash_repeats_but_never_loses_alerts(
-    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, store: str
 ) -> None:
     env, accounts, events = prepared_topics(kafka_bootstrap, unique_name, tmp_path, hours=12)
+    env["FRWATCH_STORE"] = store
     expected, _ = replay_alerts(events, accounts, env)
     want = {a["alert_id"] for a in expected}
     frwatch(["publish", str(events)], env)
@@ -176,7 +181,7 @@ def test_crash_repeats_but_never_loses_alerts(
     assert set(final) == want
     repeats = len(final) - len(set(final))
     print(
-        f"\ncrash test: {len(want)} alerts, {len(set(partial))} before the kill, "
+        f"\ncrash test ({store}): {len(want)} alerts, {len(set(partial))} before the kill, "
         f"{stalls} stalled worker(s) restarted, "
         f"{repeats} repeated after restart"
     )
@@ -456,9 +461,13 @@ def test_a_worker_joining_while_records_arrive_loses_no_alert(
             second.stop()
 
 
-@pytest.mark.parametrize("batch", [None, 50], ids=["single-events", "batches-screened-elsewhere"])
+@pytest.mark.parametrize(
+    ("batch", "store"),
+    [(None, "memory://"), (50, "memory://"), (None, "rocksdb://")],
+    ids=["single-events", "batches-screened-elsewhere", "single-events-rocksdb"],
+)
 def test_rebalances_under_load_lose_no_alert(
-    kafka_bootstrap: str, unique_name: str, tmp_path: Path, batch: int | None
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, batch: int | None, store: str
 ) -> None:
     """A worker joins mid-archive, then the first one leaves: the alert set is complete.
 
@@ -469,6 +478,7 @@ def test_rebalances_under_load_lose_no_alert(
     """
     publish = ["publish", *(["--batch", str(batch)] if batch else [])]
     env, accounts, events = prepared_topics(kafka_bootstrap, unique_name, tmp_path, hours=12)
+    env["FRWATCH_STORE"] = store
     expected, _ = replay_alerts(events, accounts, env)
     want = {a["alert_id"] for a in expected}
     lines = events.read_bytes().splitlines()
@@ -498,3 +508,39 @@ def test_rebalances_under_load_lose_no_alert(
         first.stop()
         if second is not None:
             second.stop()
+
+
+# a worker killed and started again (same host, same data directory: the same static group
+# member id) processes again within this many seconds of the kill; it used to wait 55-60 s
+# for the old member's session to time out
+REJOIN_BOUND_S = 20.0
+
+
+def test_a_killed_worker_started_again_processes_within_seconds(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    env, accounts, events = prepared_topics(kafka_bootstrap, unique_name, tmp_path, hours=12)
+    expected, _ = replay_alerts(events, accounts, env)
+    want = {a["alert_id"] for a in expected}
+    frwatch(["publish", str(events)], env)
+    worker = Worker(env, tmp_path / "w")
+    try:
+        worker.start()
+        wait_for(lambda: worker.records_counted() > 0, 90, "the worker to start", worker)
+        worker.kill(signal.SIGKILL)  # with most of the archive still to read
+        killed = time.monotonic()
+        worker.start()
+        # measured beyond the bound, so that a failure says how long it took
+        wait_for(lambda: worker.records_counted() > 0, 120, "records counted again", worker)
+        took = time.monotonic() - killed
+        print(f"\nrestart: first record counted {took:.1f} s after the kill")
+        assert took <= REJOIN_BOUND_S, f"restarted worker idle for {took:.1f} s"
+        wait_for(
+            lambda: set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want,
+            180,
+            "the complete alert set after the restart",
+            worker,
+        )
+    finally:
+        worker.stop()
+    assert set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) == want

@@ -14,6 +14,7 @@ from streams.settings import SETTINGS, settings_from_env
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
+PYPROJECT = DEPLOY.parent / "pyproject.toml"
 SETTING_VARS = {env for _, env, _, _ in SETTINGS}
 DEFAULTS = {env: default for _, env, default, _ in SETTINGS}
 
@@ -113,7 +114,9 @@ def test_worker_uses_a_volume_for_the_rocksdb_store() -> None:
     settings = settings_from_env(environment(worker))
     if settings.store.startswith("rocksdb"):
         assert "/var/lib/frwatch" in {t for _, t in volume_mounts(worker)}
-        assert re.search(r"^ARG WITH_ROCKSDB=1$", DOCKERFILE.read_text(), re.M)
+        # the image installs frwatch, which depends on faust-streaming[rocksdict]
+        assert re.search(r"^RUN pip install \. ", DOCKERFILE.read_text(), re.M)
+        assert "faust-streaming[rocksdict]" in PYPROJECT.read_text()
 
 
 def test_worker_and_topics_reach_kafka_inside_the_compose_network() -> None:
