@@ -516,10 +516,15 @@ def test_rebalances_under_load_lose_no_alert(
 REJOIN_BOUND_S = 20.0
 
 
+@STORES
 def test_a_killed_worker_started_again_processes_within_seconds(
-    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, store: str
 ) -> None:
+    """Static group membership (FRWATCH_INSTANCE_ID, by default the host name and the data
+    directory): the restarted worker takes the dead member's place at once. With rocksdb://
+    it also starts from the tables it left on disk, possibly ahead of the changelog."""
     env, accounts, events = prepared_topics(kafka_bootstrap, unique_name, tmp_path, hours=12)
+    env["FRWATCH_STORE"] = store
     expected, _ = replay_alerts(events, accounts, env)
     want = {a["alert_id"] for a in expected}
     frwatch(["publish", str(events)], env)
@@ -533,7 +538,7 @@ def test_a_killed_worker_started_again_processes_within_seconds(
         # measured beyond the bound, so that a failure says how long it took
         wait_for(lambda: worker.records_counted() > 0, 120, "records counted again", worker)
         took = time.monotonic() - killed
-        print(f"\nrestart: first record counted {took:.1f} s after the kill")
+        print(f"\nrestart ({store}): first record counted {took:.1f} s after the kill")
         assert took <= REJOIN_BOUND_S, f"restarted worker idle for {took:.1f} s"
         wait_for(
             lambda: set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want,

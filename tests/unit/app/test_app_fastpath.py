@@ -365,3 +365,27 @@ def test_a_rebalance_interrupts_the_wait_and_resuming_clears_the_pressure() -> N
         assert asyncio.get_running_loop().time() - started < 1.0
 
     run(test)
+
+
+@pytest.mark.parametrize("instance_id", ["host-1a2b", None])
+def test_a_clean_stop_leaves_the_group_even_as_a_static_member(
+    monkeypatch: pytest.MonkeyPatch, instance_id: str | None
+) -> None:
+    """aiokafka's close sends LeaveGroup only when the coordinator has no instance id."""
+    from types import SimpleNamespace
+
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    from streams.app.fastpath import LeavingConsumerThread
+
+    coordinator = SimpleNamespace(_group_instance_id=instance_id)
+    seen: list[str | None] = []
+
+    async def faust_stop(self: Any) -> None:  # Faust's: stops aiokafka's consumer
+        seen.append(self._consumer._coordinator._group_instance_id)
+
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "on_thread_stop", faust_stop)
+    thread = object.__new__(LeavingConsumerThread)
+    thread._consumer = SimpleNamespace(_coordinator=coordinator)
+    asyncio.run(thread.on_thread_stop())
+    assert seen == [None]
