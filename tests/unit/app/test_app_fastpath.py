@@ -389,3 +389,12 @@ def test_a_clean_stop_leaves_the_group_even_as_a_static_member(
     thread._consumer = SimpleNamespace(_coordinator=coordinator)
     asyncio.run(thread.on_thread_stop())
     assert seen == [None]
+
+
+def test_faust_is_the_release_the_overrides_were_checked_against() -> None:
+    """fastpath.py overrides Faust and aiokafka internals (seek, drain loop, wait_empty,
+    LeaveGroup): an upgrade must re-check each of them against the new release first."""
+    from importlib.metadata import version
+
+    assert version("faust-streaming") == "0.15.3"
+    assert version("aiokafka") == "0.14.0"  # LeavingConsumerThread reads its coordinator
