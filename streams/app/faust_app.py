@@ -216,10 +216,12 @@ def build_app(
         The message is held (one more reference) until Kafka acknowledged its forwards and
         dead letters, after those of every message routed before it.
         """
-        if acker.failed:
-            await wait_for_shutdown()
-        kafka_ts_ms = int(msg.timestamp * 1000)
+        # held first: Faust acks the current event of an agent cancelled at shutdown, and its
+        # commit takes the first run of acked offsets even past an unacked one before it
         msg.incref()
+        if acker.failed:
+            await wait_for_shutdown()  # never released: processed again after the restart
+        kafka_ts_ms = int(msg.timestamp * 1000)
         ticket = acker.open(msg)
         try:
             if screening is None:
