@@ -109,7 +109,6 @@ def replay(
     get_account = accounts.get
     observe = detector.observe
     expire = detector.expire
-    rules_sha = rules.sha256
     ticking = progress is not None and progress.enabled
     for path, fh in archives:
         for _, line in iter_lines(path, fh):
@@ -123,7 +122,7 @@ def replay(
                     summary.duplicates += 1
                 for alert in obs.alerts:
                     summary.alerts += 1
-                    out.write(alert.to_json("replay", int(clock() * 1000), __version__, rules_sha))
+                    out.write(alert.to_json("replay", int(clock() * 1000), __version__))
                     out.write(b"\n")
                 expire()
             if ticking:

@@ -13,6 +13,8 @@ from typing import Any
 
 # FRWATCH_INSTANCE_ID value that turns static group membership off
 NO_INSTANCE_ID = "none"
+# FRWATCH_RULES value that makes workers follow the rules topic (SPEC 4.3)
+RULES_FROM_KAFKA = "kafka:"
 # what Kafka accepts as group.instance.id
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -36,7 +38,19 @@ SETTINGS: tuple[tuple[str, str, str, str], ...] = (
     ("topic_accounts", "FRWATCH_TOPIC_ACCOUNTS", "api.accounts", "compacted account metadata"),
     ("topic_alerts", "FRWATCH_TOPIC_ALERTS", "frwatch.alerts", "alerts for SOC analysts"),
     ("topic_dlq", "FRWATCH_TOPIC_DLQ", "frwatch.dlq", "rejected input (dead letters)"),
-    ("rules", "FRWATCH_RULES", "", "rules file (default: the built-in catalog)"),
+    (
+        "topic_exceptions",
+        "FRWATCH_TOPIC_EXCEPTIONS",
+        "frwatch.exceptions",
+        "compacted exceptions (SPEC 4.4)",
+    ),
+    ("topic_rules", "FRWATCH_TOPIC_RULES", "frwatch.rules", "compacted deployed rules (SPEC 4.3)"),
+    (
+        "rules",
+        "FRWATCH_RULES",
+        "",
+        "rules file (default: the built-in catalog; kafka: follows the rules topic)",
+    ),
     ("store", "FRWATCH_STORE", "memory://", "Faust table store (rocksdb:// for production)"),
     (
         "data_dir",
@@ -100,6 +114,13 @@ class Settings:
     kafka_config: str | None = None
     data_dir: str | None = None
     instance_id: str | None = None
+    topic_exceptions: str = "frwatch.exceptions"
+    topic_rules: str = "frwatch.rules"
+
+    @property
+    def rules_from_kafka(self) -> bool:
+        """`FRWATCH_RULES=kafka:`: the rules in force follow the rules topic (SPEC 4.3)."""
+        return self.rules == RULES_FROM_KAFKA
 
     @property
     def data_path(self) -> Path:
@@ -139,12 +160,14 @@ class Settings:
         return ";".join(f"kafka://{h}" for h in self.bootstrap_servers)
 
     def topics(self) -> dict[str, str]:
-        """The four public topic names by role."""
+        """The public topic names by role."""
         return {
             "requests": self.topic_requests,
             "accounts": self.topic_accounts,
             "alerts": self.topic_alerts,
             "dlq": self.topic_dlq,
+            "exceptions": self.topic_exceptions,
+            "rules": self.topic_rules,
         }
 
 
@@ -174,7 +197,15 @@ def _validated(raw: Mapping[str, str]) -> Settings:
     partitions = bounded("partitions", 1, 1024)
     screening_processes = bounded("screening_processes", 0, 64)
     idle_after = bounded("idle_after", 1, 86_400)
-    for f in ("app_id", "topic_requests", "topic_accounts", "topic_alerts", "topic_dlq"):
+    for f in (
+        "app_id",
+        "topic_requests",
+        "topic_accounts",
+        "topic_alerts",
+        "topic_dlq",
+        "topic_exceptions",
+        "topic_rules",
+    ):
         if not raw[f].strip():
             raise SettingsError(f"{env_name(f)} must not be empty")
     if not raw["store"].strip():
@@ -193,6 +224,8 @@ def _validated(raw: Mapping[str, str]) -> Settings:
         topic_accounts=raw["topic_accounts"].strip(),
         topic_alerts=raw["topic_alerts"].strip(),
         topic_dlq=raw["topic_dlq"].strip(),
+        topic_exceptions=raw["topic_exceptions"].strip(),
+        topic_rules=raw["topic_rules"].strip(),
         rules=raw["rules"].strip() or None,
         store=raw["store"].strip(),
         partitions=partitions,

@@ -49,10 +49,11 @@ class Alert:
     count: int
     distinct: int | None
     samples: tuple[dict[str, Any], ...]
+    #: the fired rule's version and the sha256 of the rules file it came from (SPEC 4.3)
+    rule_version: str = ""
+    rules_sha256: str = ""
 
-    def to_dict(
-        self, mode: str, detected_at_ms: int, detector_version: str, rules_sha256: str
-    ) -> dict[str, Any]:
+    def to_dict(self, mode: str, detected_at_ms: int, detector_version: str) -> dict[str, Any]:
         """The SPEC 5 document."""
         sample_ts = [s["ts"] for s in self.samples]
         samples = [{**s, "ts": format_ms(s["ts"])} for s in self.samples]
@@ -78,11 +79,13 @@ class Alert:
             },
             "detected_at": format_ms(detected_at_ms),
             "mode": mode,
-            "detector": {"version": detector_version, "rules_sha256": rules_sha256},
+            "detector": {
+                "version": detector_version,
+                "rules_sha256": self.rules_sha256,
+                "rule_version": self.rule_version,
+            },
         }
 
-    def to_json(
-        self, mode: str, detected_at_ms: int, detector_version: str, rules_sha256: str
-    ) -> bytes:
+    def to_json(self, mode: str, detected_at_ms: int, detector_version: str) -> bytes:
         """The SPEC 5 document as the alert topic's value."""
-        return orjson.dumps(self.to_dict(mode, detected_at_ms, detector_version, rules_sha256))
+        return orjson.dumps(self.to_dict(mode, detected_at_ms, detector_version))

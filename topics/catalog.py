@@ -53,6 +53,12 @@ def topic_catalog(
             {"cleanup.policy": "compact,delete", "retention.ms": str(90 * 86_400_000)},
         ),
         TopicSpec(topics["dlq"], "dlq", 1, {"retention.ms": str(30 * 86_400_000)}),
+        # compacted: the latest exception per id, and the latest deployed rules file
+        *(
+            TopicSpec(topics[role], role, 1, {"cleanup.policy": "compact"})
+            for role in ("exceptions", "rules")
+            if role in topics
+        ),
         TopicSpec(
             detect_topic_name(app_id),
             "internal",

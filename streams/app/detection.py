@@ -195,14 +195,28 @@ class DetectStage:
     def __init__(self, rules: RuleSet, table: MutableMapping[str, Any], partitions: int) -> None:
         self.store = TableWindowStore(table)
         self.partitions = partitions
-        self.detectors = {
-            "a": Detector(rules, self.store, "account_id"),
-            "o": Detector(rules, self.store, "org_id"),
-        }
         self.clocks: dict[int, int] = {}  # detect partition -> retention clock (event ms)
         self.marks: dict[int, dict[int, tuple[int, bool]]] = {}  # detect p -> input p -> mark
         self._ends: dict[int, list[tuple[int, str]]] = {}  # partition -> heap of (end, key)
         self._swept: dict[int, int] = {}  # partition -> its clock at the last expiry pass
+        # partitions whose states of rule versions no longer in force are still to be dropped
+        self._purged: set[int] = set()
+        self.set_rules(rules)
+
+    def set_rules(self, rules: RuleSet) -> None:
+        """Detect by these rules from the next message on (SPEC 4.3).
+
+        A rule whose version is unchanged finds its windows under the same keys and goes on;
+        a changed one looks up other keys, so it starts afresh; the states of versions no
+        longer in force (changed, removed or disabled rules) are dropped by `expired_keys`,
+        partition by partition, as the detect agent passes there.
+        """
+        self.detectors = {
+            "a": Detector(rules, self.store, "account_id"),
+            "o": Detector(rules, self.store, "org_id"),
+        }
+        self.versions = frozenset((r.id, r.state_version) for r in rules.rules)
+        self._purged.clear()
 
     @staticmethod
     def is_watermark(value: bytes) -> bool:
@@ -272,6 +286,7 @@ class DetectStage:
         self.clocks.clear()
         self.marks.clear()
         self._swept.clear()
+        self._purged.clear()  # the table may hold states of versions no longer in force
 
     def _index(self, partition: int) -> list[tuple[int, str]]:
         heap = self._ends.get(partition)
@@ -290,8 +305,15 @@ class DetectStage:
             self._ends[partition] = heap
         return heap
 
+    def _retired(self, key: str) -> bool:
+        """A state counted under a rule version that is not in force (SPEC 4.3)."""
+        rule_id, version, _ = key.split("|", 2)
+        return (rule_id, version) not in self.versions
+
     def expired_keys(self, partition: int) -> list[str]:
-        """Keys of `partition` whose windows the retention clock has left more than 24h behind.
+        """Keys of `partition` whose windows the retention clock has left more than 24h behind,
+        and, once after each rules change (and after a start or rebalance), the keys of rule
+        versions no longer in force.
 
         Called for every stage-2 message, but a pass runs only when the partition's clock has
         moved since the last one, as in replay (`Detector.expire`): a window that a late event
@@ -307,11 +329,14 @@ class DetectStage:
                 heapq.heappush(known, (end, key))
         self.store.created.clear()
         heap = self._index(partition)
+        out: list[str] = []
+        if partition not in self._purged:
+            self._purged.add(partition)
+            out.extend(key for _, key in heap if self._retired(key) and key in self.store.table)
         wm = self.clock(partition)
         if wm <= self._swept.get(partition, -1):
-            return []
+            return out
         self._swept[partition] = wm
-        out: list[str] = []
         while heap and is_expired(heap[0][0], wm):
             _, key = heapq.heappop(heap)
             if key in self.store.table and key not in out:

@@ -4,6 +4,7 @@ api.requests --ingest--> <app>-detect (batched per partition) --detect--> frwatc
       |                        ^ enrichment from AccountFeed           \\-> <app>-windows table
       \\--> frwatch.dlq                                                  (changelogged)
 api.accounts --account-audit--> frwatch.dlq (rejected records only)
+frwatch.rules --RulesFeed (FRWATCH_RULES=kafka:), or SIGHUP--> RulesInForce -> every stage
 
 Every write goes through one checked `Delivery` (streams/app/delivery.py): an input message
 is acked (and so may be committed) only once Kafka acknowledged everything it caused, in
@@ -33,6 +34,7 @@ from streams.app.fastpath import FrwatchApp
 from streams.app.in_order import SettlerStopped, ingest_in_order
 from streams.app.metrics import FAUST_PREFIX, DetectorMetrics
 from streams.app.routing import MAX_FORWARD_MESSAGE_BYTES, Routed, Router, Screened
+from streams.app.rules_in_force import RulesFeed, RulesInForce, rules_snapshot
 from streams.app.screening import ScreeningPool, ScreeningUnavailable
 from streams.app.sensors import install_metrics_endpoint
 from streams.app.tickets import InputAcker, Ticket
@@ -71,6 +73,14 @@ class Frwatch:
     delivery: Delivery
     metrics: DetectorMetrics
     registry: CollectorRegistry
+    rules: RulesInForce
+    #: the rules topic's feed when the worker follows it (`FRWATCH_RULES=kafka:`)
+    rules_feed: RulesFeed | None = None
+
+    def services(self) -> list[Any]:
+        """What starts before the app (caught up before any request) and stops after it."""
+        feeds: list[Any] = [self.feed] if self.rules_feed is None else [self.rules_feed, self.feed]
+        return [*feeds, self.delivery]
 
     @property
     def refused(self) -> bool:
@@ -89,12 +99,16 @@ async def wait_for_shutdown() -> None:
 
 
 def build_app(
-    settings: Settings, rules: RuleSet, forward_limit_bytes: int = MAX_FORWARD_MESSAGE_BYTES
+    settings: Settings,
+    rules: RuleSet,
+    forward_limit_bytes: int = MAX_FORWARD_MESSAGE_BYTES,
+    rules_data: bytes | None = None,
 ) -> Frwatch:
     """Wire the application; nothing connects until a Worker starts it.
 
     `forward_limit_bytes`: the detect topic's `max.message.bytes` (or less), read from the
-    broker by the worker: forwards are split below it.
+    broker by the worker: forwards are split below it. `rules_data`: the bytes `rules` was
+    parsed from (kept so that a change can be compared with it).
     """
     app = FrwatchApp(
         settings.app_id,
@@ -169,7 +183,32 @@ def build_app(
     router = Router(rules, directory, settings.partitions, forward_limit_bytes)
     stage = DetectStage(rules, windows, settings.partitions)
     metrics.watch_window_states(stage.store.entries_by_rule)
-    rules_sha = rules.sha256
+    in_force = RulesInForce(rules, rules_data or b"")
+    metrics.set_rules(
+        [r.id for r in rules.rules], {r.id: r.severity for r in rules.rules}, rules.sha256
+    )
+    metrics.watch_rules_changes(lambda: dict(in_force.changes))
+
+    def switch_rules(new: RuleSet, data: bytes) -> None:
+        # between two messages: both stages and the metrics at once (the screening
+        # processes follow in the background; what they screened before is screened again)
+        router.set_rules(new)
+        stage.set_rules(new)
+        metrics.set_rules(
+            [r.id for r in new.rules], {r.id: r.severity for r in new.rules}, new.sha256
+        )
+        screeners.follow(new, data)
+
+    in_force.listen(switch_rules)
+    rules_feed = None
+    if settings.rules_from_kafka:
+        rules_feed = RulesFeed(
+            settings.bootstrap_servers,
+            settings.topic_rules,
+            in_force,
+            client=client_kwargs(settings),
+        )
+    screeners = ScreeningSwitch(settings, rules)
     # input partition -> [highest event time of a valid record read, wall ms of the last read]
     progress: dict[int, list[int]] = {}
     metrics.watch_retention_clock(lambda: min(stage.clocks.values(), default=0), now_ms)
@@ -233,6 +272,9 @@ def build_app(
                     screened = await screening
                 except ScreeningUnavailable:
                     screened = router.screen.screen(msg.value, at_ms)
+                if screened.rules_sha256 != router.screen.rules_sha256:
+                    # screened under the rules before a change: again, under those in force
+                    screened = router.screen.screen(msg.value, at_ms)
                 routed = router.route_screened(
                     screened, msg.value, msg.topic, msg.partition, msg.offset, kafka_ts_ms, at_ms
                 )
@@ -290,14 +332,9 @@ def build_app(
     @app.agent(requests_topic, name="ingest")
     async def ingest(stream: Any) -> None:
         await feed.ready.wait()
-        pool = None
-        if settings.screening_processes:
-            pool = ScreeningPool(settings.screening_processes, settings.rules, rules_sha)
-            try:
-                await pool.start()
-            except ScreeningUnavailable as exc:
-                log.error("%s; the worker screens input in its own process", exc)
-                pool = None
+        if rules_feed is not None:
+            await rules_feed.ready.wait()
+        pool = await screeners.start(in_force.rules, in_force.data)
         if pool is None:
             async for event in stream.events():
                 await ingest_one(event.message, None, now_ms())
@@ -314,7 +351,7 @@ def build_app(
         try:
             await ingest_in_order(
                 stream.events(),
-                pool.submit,
+                screeners.submit,
                 ingest_one,
                 lambda msg: sensors.on_message_out(msg.tp, msg.offset, msg),
                 settler_stopped,
@@ -325,7 +362,7 @@ def build_app(
         except SettlerStopped:
             await asyncio.Event().wait()  # take nothing more until the shutdown cancels this
         finally:
-            await pool.stop()
+            await screeners.stop()
 
     async def detect_one(msg: Any) -> None:
         """Watermark or forwards: windows counted, alerts acknowledged, then state written."""
@@ -346,7 +383,7 @@ def build_app(
                     [
                         delivery.send(
                             settings.topic_alerts,
-                            a.to_json("live", detected_at, __version__, rules_sha),
+                            a.to_json("live", detected_at, __version__),
                             a.alert_id.encode(),
                         )
                         for a, _ in out.alerts
@@ -370,6 +407,8 @@ def build_app(
 
     @app.agent(detect_topic, name="detect")
     async def detect(stream: Any) -> None:
+        if rules_feed is not None:
+            await rules_feed.ready.wait()
         async for event in stream.events():
             msg = event.message
             # held until what it caused is acknowledged: Faust acks the current event when
@@ -399,7 +438,86 @@ def build_app(
                 await delivered(send_dead_letters(msg.key, [letter]))
                 release_input(msg)
 
-    return Frwatch(app, feed, delivery, metrics, registry)
+    return Frwatch(app, feed, delivery, metrics, registry, in_force, rules_feed)
+
+
+class ScreeningSwitch:
+    """The worker's screening processes, started again with each new rules version.
+
+    Messages go to the current pool; after a rules change a new pool is started with the new
+    version in the background and takes over once it said hello; until then the old one
+    screens on, and what it screened is screened again in the worker (`Screened.rules_sha256`).
+    """
+
+    def __init__(self, settings: Settings, rules: RuleSet) -> None:
+        self.settings = settings
+        self.pool: ScreeningPool | None = None
+        self.sha256 = rules.sha256
+        self._lock = asyncio.Lock()
+        self._stopped = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _new_pool(self, rules: RuleSet, data: bytes) -> ScreeningPool:
+        if data:
+            # the version in force as bytes: the file may change again, the topic is no file
+            path: str | None = str(rules_snapshot(self.settings.data_path / "rules", rules, data))
+        else:
+            path = None if self.settings.rules_from_kafka else self.settings.rules
+        return ScreeningPool(self.settings.screening_processes, path, rules.sha256)
+
+    async def start(self, rules: RuleSet, data: bytes) -> ScreeningPool | None:
+        """Start the first pool (None: no screening processes, the worker screens itself)."""
+        if not self.settings.screening_processes:
+            return None
+        async with self._lock:
+            self.sha256 = rules.sha256
+            pool = self._new_pool(rules, data)
+            try:
+                await pool.start()
+            except ScreeningUnavailable as exc:
+                log.error("%s; the worker screens input in its own process", exc)
+                return None
+            self.pool = pool
+            return pool
+
+    def submit(self, value: bytes | None, now_ms: int) -> asyncio.Future[Screened]:
+        """Screen one message in the current pool."""
+        if self.pool is None:
+            raise ScreeningUnavailable("no screening process is running")
+        return self.pool.submit(value, now_ms)
+
+    def follow(self, rules: RuleSet, data: bytes) -> None:
+        """A new rules version is in force: start a pool for it in the background."""
+        self.sha256 = rules.sha256
+        if self.pool is None or self._stopped:
+            return
+        task = asyncio.ensure_future(self._switch(rules, data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _switch(self, rules: RuleSet, data: bytes) -> None:
+        async with self._lock:
+            if rules.sha256 != self.sha256 or self._stopped or self.pool is None:
+                return  # replaced by a later version meanwhile, or stopping
+            pool = self._new_pool(rules, data)
+            try:
+                await pool.start()
+            except ScreeningUnavailable as exc:
+                log.error("%s; the old screening processes go on, the worker re-screens", exc)
+                return
+            old, self.pool = self.pool, pool
+            log.info("screening processes switched to rules sha256 %s", rules.sha256)
+        await old.stop()  # its unanswered messages are screened in the worker
+
+    async def stop(self) -> None:
+        """Stop the pool (and any being started)."""
+        self._stopped = True
+        for task in list(self._tasks):
+            task.cancel()
+        async with self._lock:
+            if self.pool is not None:
+                await self.pool.stop()
+                self.pool = None
 
 
 def _observed(fut: asyncio.Future[Any]) -> None:

@@ -88,7 +88,22 @@ class DetectorMetrics(Collector):
             "wall clock minus the retention clock (the low watermark of the input, SPEC 4.1)",
             registry=registry,
         )
+        self._rules_sha256 = ""
+        self._rules_changes: Callable[[], dict[str, int]] = lambda: {"applied": 0, "refused": 0}
         registry.register(self)
+
+    def set_rules(self, rule_ids: Iterable[str], severities: dict[str, str], sha256: str) -> None:
+        """The rules now in force: their ids get series (at 0 when new), the info gauge moves."""
+        self.severities.update(severities)
+        for rule_id in rule_ids:
+            self.rule_matches.setdefault(rule_id, 0)
+            self.alerts.setdefault(rule_id, 0)
+        self.rule_ids = tuple(dict.fromkeys((*self.rule_ids, *rule_ids)))
+        self._rules_sha256 = sha256
+
+    def watch_rules_changes(self, source: Callable[[], dict[str, int]]) -> None:
+        """Serve `frwatch_rules_changes_total` from `source` (applied, refused) at scrape time."""
+        self._rules_changes = source
 
     def watch_retention_clock(self, clock_ms: Callable[[], int], now_ms: Callable[[], int]) -> None:
         """Serve `frwatch_watermark_lag_seconds` at scrape time (0 until a clock is known)."""
@@ -206,6 +221,18 @@ class DetectorMetrics(Collector):
         for rule_id in sorted(set(self.rule_ids) | set(counts)):
             states.add_metric([rule_id], counts.get(rule_id, 0))
         yield states
+        info = GaugeMetricFamily(
+            "frwatch_rules_info", "the rules in force (1)", labels=["rules_sha256"]
+        )
+        if self._rules_sha256:
+            info.add_metric([self._rules_sha256], 1)
+        yield info
+        yield _counter(
+            "frwatch_rules_changes",
+            "new rules versions applied or refused (SPEC 4.3)",
+            "result",
+            self._rules_changes(),
+        )
 
     def describe(self) -> Iterator[Metric]:
         """The families (their current values do not matter): the registry learns the names,

@@ -62,6 +62,9 @@ class Screened:
     gated: list[tuple[dict[str, Any], int]] = field(default_factory=list)
     #: whether the message was a batch (`record_text` of a gated record needs it)
     batched: bool = False
+    #: sha256 of the rules whose gates screened it: after a rules change, a message screened
+    #: under the rules before is screened again (SPEC 4.3: a change falls between messages)
+    rules_sha256: str = ""
 
     def to_wire(self) -> bytes:
         """One JSON array (orjson round-trips the decoded records exactly)."""
@@ -75,14 +78,15 @@ class Screened:
                 self.event_ts_ms,
                 self.gated,
                 self.batched,
+                self.rules_sha256,
             ]
         )
 
     @classmethod
     def from_wire(cls, data: bytes) -> Screened:
         """The inverse of `to_wire`."""
-        malformed, rejected, error, letters, accounts, event_ts_ms, gated, batched = orjson.loads(
-            data
+        (malformed, rejected, error, letters, accounts, event_ts_ms, gated, batched, sha) = (
+            orjson.loads(data)
         )
         return cls(
             [(Rejection(reason, fld, detail), text) for reason, fld, detail, text in letters],
@@ -93,6 +97,7 @@ class Screened:
             event_ts_ms,
             [(rec, ts) for rec, ts in gated],
             batched,
+            sha,
         )
 
 
@@ -101,6 +106,7 @@ class Screen:
 
     def __init__(self, rules: RuleSet) -> None:
         self.index = RuleIndex(rules.rules)
+        self.rules_sha256 = rules.sha256
 
     def screen(self, value: bytes | None, now_ms: int) -> Screened:
         """Every record of one `api.requests` message, validated on its own.
@@ -108,7 +114,7 @@ class Screen:
         The hot loop of the live worker: most records match no rule's gate, so they cost a
         validation and a gate lookup, nothing more.
         """
-        out = Screened()
+        out = Screened(rules_sha256=self.rules_sha256)
         letters = out.letters
         message = value if value is not None else b""
         found = request_records(message)
@@ -218,6 +224,10 @@ class Router:
         self.directory = directory
         self.partitions = partitions
         self.max_value_bytes = max_message_bytes - MESSAGE_OVERHEAD_BYTES
+        self.set_rules(rules)
+
+    def set_rules(self, rules: RuleSet) -> None:
+        """Route by these rules from the next message on (SPEC 4.3)."""
         self.scoped = tuple(
             (tag, RuleIndex(tuple(r for r in rules.rules if r.group_by == scope)))
             for scope, tag in SCOPES

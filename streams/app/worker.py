@@ -7,6 +7,7 @@ import io
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -16,7 +17,7 @@ from mode.utils.logging import level_number
 from streams.app.faust_app import build_app
 from streams.app.memory import pin_mmap_threshold
 from streams.app.routing import MAX_FORWARD_MESSAGE_BYTES
-from streams.core.rules import RulesError, load_rules
+from streams.core.rules import RulesError, builtin_rules_bytes, parse_rules
 from streams.kafkaio import KafkaAccessError, check_login, check_topics, max_message_bytes
 from streams.settings import Settings
 from topics.catalog import detect_topic_name
@@ -37,6 +38,15 @@ class FrwatchWorker(faust.Worker):
     message) builds a LogRecord and walks the handlers only for the spinner to drop it:
     a few percent of the worker's main thread. The spinner is finished by then.
     """
+
+    #: SIGHUP: read the rules file again (set by run_worker)
+    reload_rules: Any = None
+
+    def install_signal_handlers(self) -> None:
+        """mode's handlers, and SIGHUP (whose default would end the worker) for the rules."""
+        super().install_signal_handlers()
+        if self.reload_rules is not None:
+            self.loop.add_signal_handler(signal.SIGHUP, self.reload_rules)
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
@@ -81,24 +91,40 @@ def quiet_root_logger(loglevel: str | int | None) -> None:
 def run_worker(settings: Settings, loglevel: str) -> int:
     """Start the worker in the foreground; returns when it stops."""
     try:
-        rules = load_rules(settings.rules)
+        # FRWATCH_RULES=kafka:: the built-in catalog until the rules topic says otherwise
+        path = None if settings.rules_from_kafka else settings.rules
+        data = builtin_rules_bytes() if path is None else Path(path).read_bytes()
+        rules = parse_rules(data, path or "builtin:catalog.yaml")
+    except OSError as exc:
+        print(f"frwatch worker: error: {path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except RulesError as exc:
         print(f"frwatch worker: error: {exc}", file=sys.stderr)
         return 2
+    topics = settings.topics()
+    needed = [topics[role] for role in ("requests", "accounts", "alerts", "dlq")]
+    if settings.rules_from_kafka:
+        needed.append(settings.topic_rules)
     try:
         # a refused login is retried forever by Faust's consumer: check it once, up front
         asyncio.run(check_login(settings))
-        asyncio.run(check_topics(settings, list(settings.topics().values())))
+        asyncio.run(check_topics(settings, needed))
         # forwards stay below what the detect topic takes (the broker's default if it is new)
         limit = asyncio.run(max_message_bytes(settings, detect_topic_name(settings.app_id)))
     except KafkaAccessError as exc:
         print(f"frwatch worker: error: {exc}", file=sys.stderr)
         return 2
     pin_mmap_threshold(MMAP_THRESHOLD)  # before the first fetch buffer
-    fw = build_app(settings, rules, forward_limit(limit))
-    # the feed and the delivery start before the app, so accounts are caught up before any
-    # request is processed; they stop after it (mode stops services in reverse)
-    worker = FrwatchWorker(fw.app, fw.feed, fw.delivery, loglevel=loglevel, quiet=True)
+    fw = build_app(settings, rules, forward_limit(limit), data)
+    # the feeds and the delivery start before the app, so accounts (and rules) are caught up
+    # before any request is processed; they stop after it (mode stops services in reverse)
+    worker = FrwatchWorker(fw.app, *fw.services(), loglevel=loglevel, quiet=True)
+    if settings.rules_from_kafka:
+        worker.reload_rules = lambda: logging.getLogger(__name__).warning(
+            "SIGHUP ignored: the rules follow the rules topic (frwatch rules deploy)"
+        )
+    else:
+        worker.reload_rules = lambda: fw.rules.reload_file(settings.rules)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

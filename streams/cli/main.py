@@ -47,7 +47,16 @@ def settings_of(args: argparse.Namespace) -> Settings:
         raise UsageError(str(exc)) from None
 
 
-KAFKA = ("broker", "kafka_config", "topic_requests", "topic_accounts", "topic_alerts", "topic_dlq")
+KAFKA = (
+    "broker",
+    "kafka_config",
+    "topic_requests",
+    "topic_accounts",
+    "topic_alerts",
+    "topic_dlq",
+    "topic_exceptions",
+    "topic_rules",
+)
 
 
 def build_parser() -> OneLineParser:
@@ -83,6 +92,13 @@ def build_parser() -> OneLineParser:
     show.add_argument("--json", action="store_true", help="one JSON object per rule")
     check = rsub.add_parser("check", help="validate a rules file (exit 0 or 2)")
     check.add_argument("file", metavar="FILE")
+    deploy = rsub.add_parser(
+        "deploy",
+        help="validate a rules file and publish it to the rules topic, which workers started"
+        " with FRWATCH_RULES=kafka: follow",
+    )
+    deploy.add_argument("file", metavar="FILE")
+    _settings_flags(deploy, ("broker", "kafka_config", "topic_rules"))
 
     t = sub.add_parser("topics", help="manage topics")
     tsub = t.add_subparsers(dest="topics_command", metavar="ACTION", parser_class=OneLineParser)
@@ -204,7 +220,7 @@ def dispatch(args: argparse.Namespace) -> int:
         from streams.cli.replay_cmd import run_replay
 
         return run_replay(args)
-    if cmd == "rules":
+    if cmd == "rules" and args.rules_command != "deploy":
         from streams.cli.rules_cmd import run_rules
 
         return run_rules(args)
@@ -231,6 +247,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "accounts": ops.run_accounts,
         "publish": ops.run_publish,
         "alerts": ops.run_alerts,
+        "rules": ops.run_rules_deploy,
     }
     return int(handlers[cmd](args, settings))
 

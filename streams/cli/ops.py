@@ -208,6 +208,42 @@ def run_accounts(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def run_rules_deploy(args: argparse.Namespace, settings: Settings) -> int:
+    """`frwatch rules deploy FILE`: validate, then publish to the rules topic (SPEC 4.3)."""
+    from streams.app.rules_in_force import RULES_KEY
+    from streams.core.rules import RulesError, parse_rules
+
+    try:
+        with open(args.file, "rb") as fh:
+            data = fh.read()
+        rules = parse_rules(data, args.file)
+    except OSError as exc:
+        return _fail("rules deploy", f"{args.file}: cannot read: {exc.strerror or exc}")
+    except RulesError as exc:
+        return _fail("rules deploy", f"{exc} (nothing deployed)")
+    try:
+        _run_checked(
+            settings,
+            _send_all(settings, settings.topic_rules, iter([(RULES_KEY, data)])),
+            (settings.topic_rules,),
+        )
+    except KafkaConnectionError as exc:
+        return _fail("rules deploy", f"cannot reach broker {settings.broker}: {exc}")
+    except (KafkaAccessError, KafkaError) as exc:
+        return _refusal("rules deploy", exc, f"write topic {settings.topic_rules}")
+    print(
+        orjson.dumps(
+            {
+                "topic": settings.topic_rules,
+                "file": args.file,
+                "rules": len(rules.rules),
+                "rules_sha256": rules.sha256,
+            }
+        ).decode()
+    )
+    return 0
+
+
 def archive_messages(
     paths: list[str], batch: int | None
 ) -> Iterator[tuple[bytes | None, bytes | None]]:

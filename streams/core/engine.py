@@ -254,4 +254,6 @@ class Detector:
             count=st.count,
             distinct=distinct,
             samples=tuple(st.samples),
+            rule_version=rule.version,
+            rules_sha256=self.rule_set.sha256,
         )

@@ -249,10 +249,10 @@ def _alert_docs(n: int) -> list[tuple[bytes, bytes]]:
             count=1 + i,
             distinct=None,
             samples=({"event_id": f"ev-{i}", "ts": start + 60_000, "operation": "face.identify"},),
+            rule_version="0" * 64,
+            rules_sha256="0" * 64,
         )
-        out.append(
-            (alert.alert_id.encode(), alert.to_json("live", start + 61_000, "test", "0" * 64))
-        )
+        out.append((alert.alert_id.encode(), alert.to_json("live", start + 61_000, "test")))
     return out
 
 

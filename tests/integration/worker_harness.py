@@ -42,6 +42,8 @@ def frwatch_env(bootstrap: str, name: str, **extra: str) -> dict[str, str]:
             "FRWATCH_TOPIC_ACCOUNTS": f"{name}.accounts",
             "FRWATCH_TOPIC_ALERTS": f"{name}.alerts",
             "FRWATCH_TOPIC_DLQ": f"{name}.dlq",
+            "FRWATCH_TOPIC_EXCEPTIONS": f"{name}.exceptions",
+            "FRWATCH_TOPIC_RULES": f"{name}.rules",
             "FRWATCH_PARTITIONS": "4",
             "PYTHONUNBUFFERED": "1",
         }

@@ -17,6 +17,7 @@ import pytest
 
 import streams
 import streams.core
+from streams.core.rules import load_rules
 from streams.synthetic import DEFAULT_START_MS, SAMPLE_ACCOUNTS, SCENARIO_RULES, demo_traffic
 from topics.alerts import ACCOUNT_FIELDS, SAMPLE_FIELDS, alert_id
 from topics.timestamps import format_ms, parse_rfc3339_ms
@@ -163,7 +164,11 @@ def test_demo_archive_fires_each_rule_once_with_complete_alerts(
         for t in [a["detected_at"], a["evidence"]["first_ts"], *(s["ts"] for s in samples)]:
             assert RFC3339_MS_Z.match(t), t
         assert all(start <= t < start + size for t in sample_ts)
-        assert a["detector"] == {"version": streams.__version__, "rules_sha256": sha}
+        assert a["detector"] == {
+            "version": streams.__version__,
+            "rules_sha256": sha,
+            "rule_version": load_rules().by_id(a["rule_id"]).version,
+        }
         assert b"subject_ids" not in orjson.dumps(a)
     got = {a["rule_id"]: a for a in alerts}
     assert got["FR-008"]["account"] == {k: None for k in ACCOUNT_FIELDS} | {

@@ -65,6 +65,8 @@ def test_every_spec_metric_is_exposed_with_its_type() -> None:
         "frwatch_window_state_entries": "gauge",
         "frwatch_accounts_loaded": "gauge",
         "frwatch_watermark_lag_seconds": "gauge",
+        "frwatch_rules_info": "gauge",
+        "frwatch_rules_changes": "counter",
     }
     for line in (
         "# TYPE frwatch_events_total counter",
@@ -305,7 +307,7 @@ def test_no_label_value_is_a_customer_value_after_many_accounts() -> None:
     # ... but the series did not: no label per account, org or subject
     assert set(got) == baseline
     allowed = {
-        "result": set(RESULTS) | {"hit", "miss"},
+        "result": set(RESULTS) | {"hit", "miss", "applied", "refused"},
         "rule_id": set(RULE_IDS),
         "severity": SEVERITY_VALUES,
         "le": {_le(b) for b in (*EVENT_LAG_BUCKETS, *ALERT_LATENCY_BUCKETS, math.inf)},
@@ -353,3 +355,24 @@ def test_watermark_lag_is_wall_clock_minus_the_retention_clock() -> None:
     assert value(scrape(registry), "frwatch_watermark_lag_seconds") == 600.0
     clock["ms"] = 2_000_000  # a clock ahead of the wall clock is no lag
     assert value(scrape(registry), "frwatch_watermark_lag_seconds") == 0.0
+
+
+def test_rules_info_shows_the_version_in_force_and_changes_are_counted() -> None:
+    registry, metrics = fresh()
+    changes = {"applied": 0, "refused": 0}
+    metrics.watch_rules_changes(lambda: dict(changes))
+    metrics.set_rules(RULE_IDS, SEVERITIES, "a" * 64)
+    text = scrape(registry)
+    assert value(text, "frwatch_rules_info", rules_sha256="a" * 64) == 1
+    assert value(text, "frwatch_rules_changes_total", result="refused") == 0
+    metrics.count_alert("FR-001", 0.1)
+    changes.update(applied=1, refused=2)
+    metrics.set_rules([*RULE_IDS, "X-1"], {"X-1": "low"}, "b" * 64)
+    text = scrape(registry)
+    info = {k: v for k, v in samples(text).items() if k[0] == "frwatch_rules_info"}
+    assert info == {("frwatch_rules_info", (("rules_sha256", "b" * 64),)): 1}
+    assert value(text, "frwatch_rules_changes_total", result="applied") == 1
+    assert value(text, "frwatch_rules_changes_total", result="refused") == 2
+    # a new rule's series start at 0; earlier counts stay
+    assert value(text, "frwatch_alerts_total", rule_id="X-1", severity="low") == 0
+    assert value(text, "frwatch_alerts_total", rule_id="FR-001", severity="critical") == 1

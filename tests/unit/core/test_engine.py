@@ -399,7 +399,7 @@ def test_evidence_samples_carry_request_metadata_only() -> None:
     assert len(alert.samples) == 3
     for s in alert.samples:
         assert tuple(s) == SAMPLE_FIELDS
-    doc = alert.to_json("replay", T0, "0", "sha")
+    doc = alert.to_json("replay", T0, "0")
     for needle in (b"subj-secret", b"PROMPT-TEXT", b"IMAGEBYTES", b"0.123456", b"MESSAGE-TEXT"):
         assert needle not in doc
     assert b"subject_ids" not in doc
@@ -412,7 +412,7 @@ def test_at_most_ten_samples() -> None:
     (alert,) = h.alerts
     assert len(alert.samples) == 10
     assert [s["event_id"] for s in alert.samples] == [f"e-{i:02d}" for i in range(10)]
-    doc = orjson.loads(alert.to_json("live", T0, "v", "sha"))
+    doc = orjson.loads(alert.to_json("live", T0, "v"))
     assert doc["evidence"]["first_ts"] == "2026-11-18T07:00:00.000Z"
     assert doc["evidence"]["last_ts"] == "2026-11-18T07:00:09.000Z"
 

@@ -17,6 +17,7 @@ from topics.alerts import ACCOUNT_FIELDS, MAX_SAMPLES, SAMPLE_FIELDS, SCHEMA, Al
 HOUR = 3_600_000
 START = 1_794_985_200_000  # 2026-11-18T07:00:00.000Z
 RULES_SHA = "ab" * 32
+RULE_VERSION = "cd" * 32
 TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z\Z")
 
 
@@ -52,6 +53,8 @@ def make_alert(**changes: Any) -> Alert:
             sample("e-1", START + 1_500),
             sample("e-3", START + 59 * 60_000 + 59_999, intent={"label": "x", "score": 0.9}),
         ),
+        rule_version=RULE_VERSION,
+        rules_sha256=RULES_SHA,
     )
     return dataclasses.replace(base, **changes)
 
@@ -87,7 +90,7 @@ def test_alert_id_differs_by_rule_group_and_window() -> None:
 
 
 def test_to_dict_has_exactly_the_spec_keys() -> None:
-    doc = make_alert().to_dict("live", START + HOUR, "0.1.0", RULES_SHA)
+    doc = make_alert().to_dict("live", START + HOUR, "0.1.0")
     assert list(doc) == [
         "schema",
         "alert_id",
@@ -116,7 +119,7 @@ def test_to_dict_has_exactly_the_spec_keys() -> None:
     assert set(doc["window"]) == {"start", "end"}
     assert set(doc["observed"]) == {"count", "distinct"}
     assert set(doc["evidence"]) == {"first_ts", "last_ts", "samples"}
-    assert set(doc["detector"]) == {"version", "rules_sha256"}
+    assert set(doc["detector"]) == {"version", "rules_sha256", "rule_version"}
     for s in doc["evidence"]["samples"]:
         assert set(s) == {
             "event_id",
@@ -136,7 +139,7 @@ def test_to_dict_has_exactly_the_spec_keys() -> None:
 
 def test_to_dict_values() -> None:
     a = make_alert()
-    doc = a.to_dict("replay", START + HOUR + 5, "1.2.3", RULES_SHA)
+    doc = a.to_dict("replay", START + HOUR + 5, "1.2.3")
     assert doc["schema"] == SCHEMA == "frwatch.alert/v1"
     assert doc["alert_id"] == a.alert_id
     assert (doc["rule_id"], doc["severity"], doc["group_by"], doc["group_key"]) == (
@@ -150,11 +153,15 @@ def test_to_dict_values() -> None:
     assert doc["observed"] == {"count": 3, "distinct": None}
     assert doc["detected_at"] == "2026-11-18T08:00:00.005Z"
     assert doc["mode"] == "replay"
-    assert doc["detector"] == {"version": "1.2.3", "rules_sha256": RULES_SHA}
+    assert doc["detector"] == {
+        "version": "1.2.3",
+        "rules_sha256": RULES_SHA,
+        "rule_version": RULE_VERSION,
+    }
 
 
 def test_first_and_last_ts_span_the_samples_whatever_their_order() -> None:
-    ev = make_alert().to_dict("live", START, "v", RULES_SHA)["evidence"]
+    ev = make_alert().to_dict("live", START, "v")["evidence"]
     assert ev["first_ts"] == "2026-11-18T07:00:01.500Z"
     assert ev["last_ts"] == "2026-11-18T07:59:59.999Z"
     assert [s["ts"] for s in ev["samples"]] == [
@@ -166,13 +173,13 @@ def test_first_and_last_ts_span_the_samples_whatever_their_order() -> None:
 
 def test_single_sample_is_both_first_and_last() -> None:
     a = make_alert(samples=(sample("e-1", START + 7),), count=1)
-    ev = a.to_dict("live", START, "v", RULES_SHA)["evidence"]
+    ev = a.to_dict("live", START, "v")["evidence"]
     assert ev["first_ts"] == ev["last_ts"] == "2026-11-18T07:00:00.007Z"
 
 
 def test_samples_keep_their_metadata_and_only_ts_is_formatted() -> None:
     a = make_alert()
-    out = a.to_dict("live", START, "v", RULES_SHA)["evidence"]["samples"]
+    out = a.to_dict("live", START, "v")["evidence"]["samples"]
     for before, after in zip(a.samples, out, strict=True):
         assert {k: v for k, v in after.items() if k != "ts"} == {
             k: v for k, v in before.items() if k != "ts"
@@ -181,7 +188,7 @@ def test_samples_keep_their_metadata_and_only_ts_is_formatted() -> None:
 
 
 def test_every_time_has_milliseconds_and_z() -> None:
-    doc = make_alert().to_dict("live", START + 1, "v", RULES_SHA)
+    doc = make_alert().to_dict("live", START + 1, "v")
     times = [
         doc["window"]["start"],
         doc["window"]["end"],
@@ -195,13 +202,13 @@ def test_every_time_has_milliseconds_and_z() -> None:
 
 def test_window_end_is_exclusive_start_plus_size() -> None:
     a = make_alert(window_start_ms=START - 7 * HOUR, window_end_ms=START + 17 * HOUR)
-    w = a.to_dict("live", START, "v", RULES_SHA)["window"]
+    w = a.to_dict("live", START, "v")["window"]
     assert w == {"start": "2026-11-18T00:00:00.000Z", "end": "2026-11-19T00:00:00.000Z"}
 
 
 def test_unknown_account_fields_are_null() -> None:
     a = make_alert(account={"account_id": "acct-9"})
-    assert a.to_dict("live", START, "v", RULES_SHA)["account"] == {
+    assert a.to_dict("live", START, "v")["account"] == {
         "account_id": "acct-9",
         "org_id": None,
         "org_name": None,
@@ -213,19 +220,17 @@ def test_unknown_account_fields_are_null() -> None:
 
 def test_account_keeps_only_the_spec_fields() -> None:
     a = make_alert(account={**make_alert().account, "approved_uses": ["identification"]})
-    assert "approved_uses" not in a.to_dict("live", START, "v", RULES_SHA)["account"]
+    assert "approved_uses" not in a.to_dict("live", START, "v")["account"]
 
 
 def test_distinct_rule_reports_distinct() -> None:
     a = make_alert(rule_id="FR-006", group_by="org_id", group_key="org-1", count=50, distinct=50)
-    assert a.to_dict("live", START, "v", RULES_SHA)["observed"] == {"count": 50, "distinct": 50}
+    assert a.to_dict("live", START, "v")["observed"] == {"count": 50, "distinct": 50}
 
 
 def test_to_json_is_to_dict_as_json() -> None:
     a = make_alert()
-    assert orjson.loads(a.to_json("live", START, "v", RULES_SHA)) == a.to_dict(
-        "live", START, "v", RULES_SHA
-    )
+    assert orjson.loads(a.to_json("live", START, "v")) == a.to_dict("live", START, "v")
 
 
 def test_alert_is_frozen() -> None:

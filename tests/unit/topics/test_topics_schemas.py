@@ -345,12 +345,14 @@ def make_alert(**changes: Any) -> Alert:
         ),
     }
     fields.update(changes)
+    fields.setdefault("rule_version", "cd" * 32)
+    fields.setdefault("rules_sha256", "0f" * 32)
     return Alert(**fields)
 
 
 def alert_doc(a: Alert | None = None, mode: str = "live") -> dict[str, Any]:
     a = a or make_alert()
-    doc: dict[str, Any] = orjson.loads(a.to_json(mode, START + 5_000, "0.1.0", "0f" * 32))
+    doc: dict[str, Any] = orjson.loads(a.to_json(mode, START + 5_000, "0.1.0"))
     return doc
 
 
@@ -415,6 +417,8 @@ def _mutated(path: tuple[str | int, ...], value: object) -> dict[str, Any]:
         (("evidence", "samples", 0, "ts"), START),
         (("observed", "count"), 0),
         (("detector", "rules_sha256"), "abc"),
+        (("detector", "rule_version"), "FR-001"),
+        (("detector", "rule_version"), ...),
         (("account", "approved_uses"), []),
         (("rule_id",), ...),
         (("account", "country"), ...),
