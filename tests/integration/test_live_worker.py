@@ -17,13 +17,14 @@ from scenarios import write_jsonl
 from worker_harness import (
     Worker,
     alert_ids_on_topic,
+    end_offsets_total,
     frwatch,
     frwatch_env,
     prepared_topics,
     read_topic,
     replay_alerts,
     wait_for,
-    wait_restarting_stalled,
+    wait_settled,
 )
 
 from streams.synthetic import DEFAULT_START_MS, SAMPLE_ACCOUNTS
@@ -61,7 +62,8 @@ def test_live_alerts_equal_replay(
             "all alerts on the topic",
             worker,
         )
-        time.sleep(1.0)  # anything extra would arrive now
+        # a record is counted only once the alerts it fired were acknowledged: every alert
+        # is on the topic now, and nothing more will come of this input
         live = alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])
         assert set(live) == want
         assert len(live) == len(want), "no alert repeats without a crash"
@@ -127,25 +129,24 @@ def test_kcat_reads_alerts_as_an_analyst_would(
         assert doc["schema"] == "frwatch.alert/v1" and doc["alert_id"] == key
 
 
-def _second_worker_completes(
-    kafka_bootstrap: str, env: dict[str, str], tmp_path: Path, want: set[str], what: str
-) -> tuple[Worker, int]:
-    """After a SIGKILL: a second worker, once every wanted alert is on the topic (the caller
-    stops it), and how many times it had to be restarted for that."""
-    second = Worker(env, tmp_path / "w2").start()
+def _restarted_worker_completes(
+    kafka_bootstrap: str, env: dict[str, str], killed: Worker, want: set[str], what: str
+) -> Worker:
+    """After a SIGKILL: the worker started again (same directory and address, so the same
+    static group member: it takes its partitions back at once), once every wanted alert is on
+    the topic. A stall fails the test: no worker is restarted to help it. The caller stops it."""
+    second = killed.start()
     try:
-        # the dead member's partitions move only when its session times out (about 60 s)
-        stalls = wait_restarting_stalled(
+        wait_for(
             lambda: set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want,
-            300,
+            240,
             what,
-            [second],
-            stall_s=100.0,
+            second,
         )
     except BaseException:
         second.stop()
         raise
-    return second, stalls
+    return second
 
 
 STORES = pytest.mark.parametrize("store", ["memory://", "rocksdb://"], ids=["memory", "rocksdb"])
@@ -170,11 +171,11 @@ def test_crash_repeats_but_never_loses_alerts(
     first.kill(signal.SIGKILL)
     partial = alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])
     assert 0 < len(set(partial)) < len(want), "the kill must land mid-archive"
-    second, stalls = _second_worker_completes(
-        kafka_bootstrap, env, tmp_path, want, "the complete alert set after restart"
+    second = _restarted_worker_completes(
+        kafka_bootstrap, env, first, want, "the complete alert set after restart"
     )
     try:
-        time.sleep(2.0)
+        wait_settled(kafka_bootstrap, env, 60, second)  # nothing more will come
         final = alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])
     finally:
         second.stop()
@@ -182,7 +183,6 @@ def test_crash_repeats_but_never_loses_alerts(
     repeats = len(final) - len(set(final))
     print(
         f"\ncrash test ({store}): {len(want)} alerts, {len(set(partial))} before the kill, "
-        f"{stalls} stalled worker(s) restarted, "
         f"{repeats} repeated after restart"
     )
 
@@ -223,7 +223,15 @@ def test_killed_screening_processes_lose_and_repeat_nothing(
             os.kill(pid, signal.SIGSTOP)
             archive = write_jsonl(tmp_path / f"part-{i}.jsonl", part)
             frwatch(["publish", "--batch", "50", str(archive)], env)
-            time.sleep(2.0)  # the worker fetches the part and sends it to the stopped process
+            # the worker fetched the whole part: what it could not route yet waits for the
+            # stopped process
+            published = end_offsets_total(kafka_bootstrap, env["FRWATCH_TOPIC_REQUESTS"])
+            wait_for(
+                lambda n=published: _received(worker, env) >= n, 60, "the part fetched", worker
+            )
+            # and handed to the stopped process: no metric shows that step, so a short wait
+            # (the kill must find batches unanswered: the resent counts below check it did)
+            time.sleep(1.0)
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
         wait_for(
@@ -233,7 +241,7 @@ def test_killed_screening_processes_lose_and_repeat_nothing(
             worker,
         )
         _wait_for_exactly(want, kafka_bootstrap, env, 30, "all alerts", [worker])
-        time.sleep(1.0)  # anything extra would arrive now
+        # every record counted: each was counted only after its alerts were acknowledged
         assert worker.records_counted() == summary["events"]
         live = alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])
         assert len(live) == len(want), "no alert repeats"
@@ -266,7 +274,12 @@ def test_a_crash_with_batches_waiting_for_screening_loses_no_alert(
         stopped.extend(_serving(first, stopped))
         os.kill(stopped[0], signal.SIGSTOP)
         frwatch(["publish", "--batch", "50", str(events)], env)
-        time.sleep(8.0)  # two commit intervals and more, with the batches in flight
+        published = end_offsets_total(kafka_bootstrap, env["FRWATCH_TOPIC_REQUESTS"])
+        wait_for(lambda: _received(first, env) >= published, 60, "the archive fetched", first)
+        # two of Faust's commits with the batches in flight (it commits every 2.8 s)
+        commits = "frwatch_faust_consumer_commit_latency_count"
+        done = first.metric(commits)
+        wait_for(lambda: first.metric(commits) >= done + 2, 30, "two commits", first)
         counted = first.records_counted()
         assert counted < summary["events"] // 2, "the batches wait for the stopped process"
     finally:
@@ -274,8 +287,8 @@ def test_a_crash_with_batches_waiting_for_screening_loses_no_alert(
         for pid in stopped:
             os.kill(pid, signal.SIGKILL)
     assert not set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want
-    second, stalls = _second_worker_completes(
-        kafka_bootstrap, env, tmp_path, want, "the complete alert set after the crash"
+    second = _restarted_worker_completes(
+        kafka_bootstrap, env, first, want, "the complete alert set after the crash"
     )
     try:
         wait_for(
@@ -289,8 +302,7 @@ def test_a_crash_with_batches_waiting_for_screening_loses_no_alert(
         second.stop()
     assert set(final) == want
     print(
-        f"\nscreening crash test: {counted} of {summary['events']} records counted before the "
-        f"kill, {stalls} stalled worker(s) restarted"
+        f"\nscreening crash test: {counted} of {summary['events']} records counted before the kill"
     )
 
 
@@ -400,13 +412,8 @@ def test_two_workers_share_the_work(kafka_bootstrap: str, unique_name: str, tmp_
         )
         frwatch(["publish", "--batch", "20", str(events)], env)
         want = {a["alert_id"] for a in expected}
-        wait_restarting_stalled(
-            lambda: set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) >= want,
-            200,
-            "all alerts",
-            workers,
-        )
-        assert set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) == want
+        # a stalled worker fails the test (no worker is restarted to help it)
+        _wait_for_exactly(want, kafka_bootstrap, env, 200, "all alerts", workers)
         # both workers know every account (each reads the whole accounts topic)
         for w in workers:
             assert w.metric("frwatch_accounts_loaded") == len(SAMPLE_ACCOUNTS) - 1
@@ -447,10 +454,9 @@ def test_a_worker_joining_while_records_arrive_loses_no_alert(
     second = None
     try:
         second = Worker(env, tmp_path / "w2").start()
-        # the first worker notices the joining member at its next heartbeat (3 s): the
-        # archive arrives as the group rebalances (the stall showed in 1 run of 4 without
-        # the fix, in 1 of 3 with the fast path)
-        time.sleep(3)
+        # the second member's JoinGroup puts the group into a rebalance at once: the archive
+        # arrives as it runs (the stall showed in 1 run of 4 without the fix, in 1 of 3 with
+        # the fast path)
         frwatch(["publish", "--batch", "20", str(events)], env)
         _wait_for_exactly(
             want, kafka_bootstrap, env, 120, "all alerts, no worker restarted", [first, second]
@@ -549,3 +555,10 @@ def test_a_killed_worker_started_again_processes_within_seconds(
     finally:
         worker.stop()
     assert set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])) == want
+
+
+def _received(worker: Worker, env: dict[str, str]) -> float:
+    """Input messages the worker's consumer has fetched (Faust's own counter)."""
+    return worker.metric(
+        "frwatch_faust_messages_received_per_topic_total", topic=env["FRWATCH_TOPIC_REQUESTS"]
+    )

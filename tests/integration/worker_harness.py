@@ -10,13 +10,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.kafkaio import assign_from_beginning
@@ -174,41 +173,50 @@ def _safe_count(worker: Worker) -> object:
         return str(exc).splitlines()[0]
 
 
-def wait_restarting_stalled(
-    cond: Callable[[], Any],
-    timeout: float,
-    what: str,
-    workers: list[Worker],
-    stall_s: float = 45.0,
-) -> int:
-    """Like wait_for, but a worker whose count has not moved for `stall_s` while `cond` is
-    still false is restarted once, as an operator paged by FrwatchNoEventsProcessed would
-    (known Faust stall after a member leaves: docs/operations.md, Known issues).
+def end_offsets_total(bootstrap: str, topic: str) -> int:
+    """Sum of the topic's end offsets (messages written to it, for a topic never truncated)."""
 
-    Returns how many restarts were needed; the caller reports them.
+    async def main() -> int:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(topic) or set()
+            if not parts:
+                await consumer.topics()  # metadata
+                parts = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in parts]
+            return sum((await consumer.end_offsets(tps)).values())
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(main())
+
+
+def wait_settled(bootstrap: str, env: dict[str, str], timeout: float, worker: Worker) -> None:
+    """Wait until the group has committed every input message and every forward made of it.
+
+    Offsets are committed only after Kafka acknowledged what they caused (SPEC 2.3): once the
+    requests topic is committed to its end, and then the detect topic to the end it had at
+    that moment, every alert of that input is on the alert topic, and nothing more will come
+    of it. (The detect topic's end moves on: watermark records arrive every second.)
     """
-    deadline = time.monotonic() + timeout
-    last = {w.port: (_safe_count(w), time.monotonic()) for w in workers}
-    restarted: set[int] = set()
-    while time.monotonic() < deadline:
-        if cond():
-            return len(restarted)
-        now = time.monotonic()
-        for w in workers:
-            count = _safe_count(w)
-            seen, since = last[w.port]
-            if count != seen:
-                last[w.port] = (count, now)
-            elif now - since > stall_s and w.port not in restarted:
-                warnings.warn(
-                    f"worker on port {w.port} stalled at {count} records; restarting", stacklevel=2
-                )
-                w.stop()
-                w.start()
-                restarted.add(w.port)
-                last[w.port] = (_safe_count(w), time.monotonic())
-        time.sleep(0.5)
-    return wait_for(cond, 0.1, what, workers)  # raises with every worker's log
+    group = env["FRWATCH_APP_ID"]
+    requests = env["FRWATCH_TOPIC_REQUESTS"]
+    detect = f"{group}-detect"
+    published = end_offsets_total(bootstrap, requests)
+    wait_for(
+        lambda: committed_offsets(bootstrap, group, requests) >= published,
+        timeout,
+        f"the group to commit all {published} input messages",
+        worker,
+    )
+    forwarded = end_offsets_total(bootstrap, detect)
+    wait_for(
+        lambda: committed_offsets(bootstrap, group, detect) >= forwarded,
+        timeout,
+        f"the group to commit the detect topic to {forwarded}",
+        worker,
+    )
 
 
 async def _read_all(
