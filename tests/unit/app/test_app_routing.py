@@ -19,7 +19,7 @@ import pytest
 from streams.app.routing import FUTURE_TOLERANCE_MS, Routed, Router, Screened, destination
 from streams.core.classify import EnrichedEvent
 from streams.core.engine import group_key
-from streams.core.rules import RuleSet, load_rules
+from streams.core.rules import RuleSet, builtin_classification, load_rules
 from streams.synthetic import DEFAULT_START_MS, demo_traffic, sample_directory
 from topics.accounts import AccountDirectory, AccountRecord
 from topics.dlq import (
@@ -491,7 +491,7 @@ def test_router_forwards_exactly_what_an_ungated_evaluation_matches() -> None:
     for rec in records:
         ev = parse_request_record(rec)
         assert isinstance(ev, RequestEvent)
-        ee = EnrichedEvent(ev, accounts.get(rec["account_id"]))
+        ee = EnrichedEvent(ev, accounts.get(rec["account_id"]), builtin_classification())
         for scope, tag in (("account_id", "a"), ("org_id", "o")):
             keys = {
                 gk
