@@ -566,3 +566,22 @@ def test_rules_show() -> None:
     fr007 = next(d for d in docs if d["id"] == "FR-007")
     assert fr007["window"] == "1d"
     assert fr007["group_by"] == "account_id"
+
+
+def test_rules_check_reports_every_error_one_line_each(tmp_path: Path) -> None:
+    path = tmp_path / "my-rules.yaml"
+    data = (
+        CATALOG.read_bytes()
+        .replace(b"intent_threshold: 0.8", b"intent_threshold: 80")
+        .replace(b"        - Face_Group ", b"        - Face_Identify ")
+        .replace(b"severity: low", b"severity: minor")
+    )
+    path.write_bytes(data)
+    r = frwatch("rules", "check", path)
+    assert r.code == 2
+    lines = r.stderr.strip("\n").splitlines()
+    assert len(lines) == 3, r.stderr
+    assert all(line.startswith(f"frwatch rules check: error: {path}: ") for line in lines)
+    assert "field classification.operations[6].names[3]: operation 'Face_Identify'" in lines[0]
+    assert "field classification.intent_threshold" in lines[1]
+    assert "rule FR-008: field severity" in lines[2]
