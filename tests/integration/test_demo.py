@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 DEMO = REPO / "deploy" / "demo" / "run"
 BROKER = REPO / "deploy" / "kafka" / "broker"
-RULE_IDS = {f"FR-00{i}" for i in range(1, 9)}
+RULE_IDS = {f"FR-{i:03d}" for i in range(1, 11)}
 RUN_TIMEOUT_S = 240
 
 
