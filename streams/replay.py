@@ -107,6 +107,7 @@ def replay(
     summary = ReplaySummary()
     started = time.perf_counter()
     get_account = accounts.get
+    classification = rules.classification
     observe = detector.observe
     expire = detector.expire
     ticking = progress is not None and progress.enabled
@@ -117,7 +118,7 @@ def replay(
                 if type(rec) is RejectedRecord:
                     summary.malformed += 1
                     continue
-                obs = observe(EnrichedEvent(rec, get_account(rec.account_id)))  # type: ignore[union-attr,arg-type]
+                obs = observe(EnrichedEvent(rec, get_account(rec.account_id), classification))  # type: ignore[union-attr,arg-type]
                 if obs.duplicate:
                     summary.duplicates += 1
                 for alert in obs.alerts:

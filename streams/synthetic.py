@@ -115,6 +115,8 @@ SCENARIO_RULES = {
     "FR-006": "org-retail",
     "FR-007": "acct-gallery",
     "FR-008": "acct-unknown-7",
+    "FR-009": "acct-metro-pd",
+    "FR-010": "acct-visionapp",
 }
 
 BENIGN_ACCOUNTS = ("acct-uni", "acct-clinic", "acct-bank-kyc", "acct-visionapp", "acct-retail-east")
@@ -187,7 +189,7 @@ class TrafficMaker:
 
 
 def scenario_events(maker: TrafficMaker, hour_start_ms: int) -> list[dict[str, Any]]:
-    """One violation of each built-in rule (FR-001..FR-008) inside the hour at `hour_start_ms`."""
+    """One violation of each built-in rule (FR-001..FR-010) inside the hour at `hour_start_ms`."""
     t = hour_start_ms + 60_000
     ev = maker.event
     out = [
@@ -264,6 +266,19 @@ def scenario_events(maker: TrafficMaker, hour_start_ms: int) -> list[dict[str, A
             gallery={"id": "pg-guests", "kind": "other"},
         )
     )
+    # a police department identifying a speaker by voice (FR-009)
+    out.append(ev("acct-metro-pd", "speaker.identify", t + 95_000, audio_count=1))
+    for i in range(3):  # identification from a voice clip through an audio model (FR-010)
+        out.append(
+            ev(
+                "acct-visionapp",
+                "audio.chat",
+                t + 100_000 + i * 1000,
+                model="gpt-audio",
+                audio_count=1,
+                intent={"label": "identify_person", "score": 0.9},
+            )
+        )
     return out
 
 

@@ -73,6 +73,8 @@ class RequestEvent(NamedTuple):
     gallery: Gallery | None = None
     capture: Capture | None = None
     intent: Intent | None = None
+    # last, so that positional construction of v1 fields is unchanged
+    audio_count: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         """A normalized JSON-able dict that `parse_request_record` reads back unchanged."""
@@ -88,6 +90,8 @@ class RequestEvent(NamedTuple):
                 d[name] = v
         if self.image_count:
             d["image_count"] = self.image_count
+        if self.audio_count:
+            d["audio_count"] = self.audio_count
         if self.subject_ids:
             d["subject_ids"] = list(self.subject_ids)
         if self.gallery is not None:
@@ -205,6 +209,7 @@ def _validate(rec: dict[str, Any]) -> RequestEvent:
     operation = _required_str(rec, "operation")
     get = rec.get
     image_count = _optional_count(rec, "image_count") or 0
+    audio_count = _optional_count(rec, "audio_count") or 0
     faces = _optional_count(rec, "faces_detected")
     subjects: tuple[str, ...] = ()
     sv = get("subject_ids")
@@ -261,6 +266,7 @@ def _validate(rec: dict[str, Any]) -> RequestEvent:
         gallery,
         capture,
         intent,
+        audio_count,
     )
 
 
@@ -308,6 +314,9 @@ def accepted_ts(rec: dict[str, Any]) -> int:
     if n is not None and (type(n) is not int or n < 0):
         return -1
     n = get("faces_detected")
+    if n is not None and (type(n) is not int or n < 0):
+        return -1
+    n = get("audio_count")
     if n is not None and (type(n) is not int or n < 0):
         return -1
     i = get("intent")
@@ -364,6 +373,7 @@ def build_event(rec: dict[str, Any], ts_ms: int) -> RequestEvent:
             None if g is None else _new(Gallery, (g.get("id"), g.get("kind"))),
             None if c is None else _new(Capture, (c.get("device"), c.get("setting"))),
             None if i is None else _new(Intent, (i.get("label"), i.get("score"))),
+            get("audio_count") or 0,
         ),
     )
 

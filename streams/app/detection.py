@@ -216,6 +216,7 @@ class DetectStage:
             "o": Detector(rules, self.store, "org_id"),
         }
         self.versions = frozenset((r.id, r.state_version) for r in rules.rules)
+        self.classification = rules.classification
         self._purged.clear()
 
     @staticmethod
@@ -257,7 +258,9 @@ class DetectStage:
                 if not isinstance(ev, RequestEvent):
                     raise ValueError(f"routed event failed validation: {ev}")
                 account = AccountRecord.from_wire(item["a"]) if item["a"] is not None else None
-                obs = self.detectors[item["s"]].observe(EnrichedEvent(ev, account))
+                obs = self.detectors[item["s"]].observe(
+                    EnrichedEvent(ev, account, self.classification)
+                )
             except Exception as exc:  # a deterministic bug: dead-letter, count, go on
                 out.error += item.get("c", 1)
                 out.dead_letters.append(

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from streams.core.classify import IDENTITY_INTENTS, NONE, OPERATION_KIND, EnrichedEvent, intent_kind
+from streams.core.classify import UNCLASSIFIED, EnrichedEvent
 from streams.core.engine import RuleIndex, group_key
 from streams.core.rules import RuleSet
 from topics.accounts import AccountDirectory, AccountRecord
@@ -107,6 +107,7 @@ class Screen:
     def __init__(self, rules: RuleSet) -> None:
         self.index = RuleIndex(rules.rules)
         self.rules_sha256 = rules.sha256
+        self.classification = rules.classification
 
     def screen(self, value: bytes | None, now_ms: int) -> Screened:
         """Every record of one `api.requests` message, validated on its own.
@@ -127,7 +128,10 @@ class Screen:
         future_limit = now_ms + FUTURE_TOLERANCE_MS
         admitting = self.index.admitting
         gates = self.index.cached  # admitting's answers, looked up without a call
-        kind_of_operation = OPERATION_KIND.get
+        classification = self.classification
+        of_operation = classification.operations.get
+        of_intent = classification.of_intent
+        intent_labels = classification.intents  # the only labels whose intent classifies
         accounts = out.accounts.append
         event_ts = out.event_ts_ms.append
         gated_records = out.gated.append
@@ -152,18 +156,23 @@ class Screen:
                 operation = rec["operation"]
                 intent = rec.get("intent")
                 label = None if intent is None else intent.get("label")
-                kind = kind_of_operation(operation)
-                if kind is None:
-                    kind = (
-                        intent_kind(
-                            operation, rec.get("image_count") or 0, label, intent.get("score")
+                verdict = of_operation(operation)
+                if verdict is None:
+                    verdict = (
+                        of_intent(
+                            operation,
+                            rec.get("image_count") or 0,
+                            rec.get("audio_count") or 0,
+                            label,
+                            intent.get("score"),
                         )
-                        if label in IDENTITY_INTENTS
-                        else NONE
+                        if label in intent_labels
+                        else UNCLASSIFIED
                     )
-                gated = gates((kind, operation, label))
+                bio_kind, trait = verdict[0], verdict[1]
+                gated = gates((bio_kind, trait, operation, label))
                 if gated is None:
-                    gated = admitting(kind, operation, label)
+                    gated = admitting(bio_kind, trait, operation, label)
             except Exception as exc:  # a deterministic bug: dead-letter it, never skip silently
                 out.error += 1
                 letters.append((_internal_error(exc), record_text(rec, message, batched)))
@@ -233,6 +242,7 @@ class Router:
             for scope, tag in SCOPES
         )
         self.screen = Screen(rules)
+        self.classification = rules.classification
 
     def route(
         self,
@@ -326,7 +336,7 @@ class Router:
         self, ev: RequestEvent, account: AccountRecord | None, kafka_ts_ms: int
     ) -> list[tuple[int, dict[str, Any]]]:
         """Where the copies of a record that some rule may match go (empty: none matches)."""
-        ee = EnrichedEvent(ev, account)
+        ee = EnrichedEvent(ev, account, self.classification)
         forwards: list[tuple[int, dict[str, Any]]] = []
         for tag, index in self.scoped:
             keys = {

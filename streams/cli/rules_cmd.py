@@ -36,7 +36,8 @@ def run_rules(args: argparse.Namespace) -> int:
         try:
             rules = load_rules(args.file)
         except RulesError as exc:
-            print(f"frwatch rules check: error: {exc}", file=sys.stderr)
+            for problem in exc.problems:  # every error the validator found, one line each
+                print(f"frwatch rules check: error: {problem}", file=sys.stderr)
             return 2
         print(f"{args.file}: ok, {len(rules.rules)} rules, sha256 {rules.sha256}")
         return 0

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.core.classify import EnrichedEvent
+from streams.core.classify import FACE, NONE, EnrichedEvent
 from streams.core.conditions import FIELDS
 from streams.core.rules import Requirement, Rule, RuleSet
 from streams.core.state import WindowState, WindowStore, id_hash, window_key
@@ -90,30 +90,39 @@ def _satisfied(rule: Rule, st: WindowState) -> bool:
 
 
 class RuleIndex:
-    """Rules by what an event can match: most events (fr_kind none) need no rule evaluated."""
+    """Rules by what an event can match: most events (bio_kind none) need no rule evaluated."""
 
     def __init__(self, rules: tuple[Rule, ...]) -> None:
         self.rules = rules
-        self._cache: dict[tuple[str, str, str | None], tuple[Rule, ...]] = {}
-        #: `admitting`'s answers so far, by (kind, operation, label): the hot loop's lookup
+        self._cache: dict[tuple[str, str, str, str | None], tuple[Rule, ...]] = {}
+        #: `admitting`'s answers so far, by (bio_kind, trait, operation, label): the hot
+        #: loop's lookup
         self.cached = self._cache.get
 
     def candidates(self, ee: EnrichedEvent) -> tuple[Rule, ...]:
         """The rules whose gates admit this event, in rule order."""
         intent = ee.event.intent
         return self.admitting(
-            ee.fr_kind, ee.event.operation, intent.label if intent is not None else None
+            ee.bio_kind,
+            ee.trait,
+            ee.event.operation,
+            intent.label if intent is not None else None,
         )
 
-    def admitting(self, kind: str, operation: str, label: str | None) -> tuple[Rule, ...]:
-        """The rules whose fr_kind, operation and intent.label gates admit these values."""
-        key = (kind, operation, label)
+    def admitting(
+        self, bio_kind: str, trait: str, operation: str, label: str | None
+    ) -> tuple[Rule, ...]:
+        """The rules whose bio_kind, trait, fr_kind, operation and intent.label gates admit these."""
+        key = (bio_kind, trait, operation, label)
         found = self._cache.get(key)
         if found is None:
+            fr_kind = bio_kind if trait == FACE else NONE
             found = tuple(
                 r
                 for r in self.rules
-                if (r.kinds is None or kind in r.kinds)
+                if (r.kinds is None or fr_kind in r.kinds)
+                and (r.bio_kinds is None or bio_kind in r.bio_kinds)
+                and (r.traits is None or trait in r.traits)
                 and (r.operations is None or operation in r.operations)
                 and (r.intent_labels is None or label in r.intent_labels)
             )

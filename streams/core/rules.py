@@ -7,12 +7,15 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from streams.core.classification import SECTION, parse_classification
+from streams.core.classify import Classification
 from streams.core.conditions import ConditionError, Predicate, compile_condition
 from streams.core.windows import parse_duration_ms
 
@@ -54,12 +57,15 @@ _REQUIRED_RULE_KEYS = (
     "window",
     "requires",
 )
-_TOP_KEYS = {"version", "lists", "conditions", "rules"}
+_TOP_KEYS = {"version", "lists", "conditions", "rules", SECTION}
 BUILTIN_NAME = "catalog.yaml"
 
 
 class RulesError(ValueError):
-    """An invalid rules file; the message names the file, the rule and the field."""
+    """An invalid rules file; the message names the file, the rule and the field.
+
+    `problems` holds every error found (this one first); the message has one line each.
+    """
 
     def __init__(self, file: str, rule: str | None, field: str | None, message: str) -> None:
         where = f"{file}"
@@ -69,6 +75,18 @@ class RulesError(ValueError):
             where += f": field {field}"
         super().__init__(f"{where}: {message}")
         self.file, self.rule, self.field = file, rule, field
+        self.problems: list[RulesError] = [self]
+
+    @classmethod
+    def of(cls, problems: list[RulesError]) -> RulesError:
+        """One error that carries several (the first names the file, rule and field)."""
+        first = problems[0]
+        if len(problems) == 1:
+            return first
+        out = cls(first.file, first.rule, first.field, "")
+        out.args = ("\n".join(str(p) for p in problems),)
+        out.problems = list(problems)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +119,8 @@ class Rule:
     kinds: frozenset[str] | None = None
     operations: frozenset[str] | None = None
     intent_labels: frozenset[str | None] | None = None
+    bio_kinds: frozenset[str] | None = None
+    traits: frozenset[str] | None = None
     #: sha256 of the canonical detection definition (SPEC 4.3): match, group_by, window and
     #: requires with named conditions and lists expanded; title, clause, severity, tags and
     #: enabled do not change it
@@ -124,6 +144,12 @@ class RuleSet:
     rules: tuple[Rule, ...]
     path: str
     sha256: str
+    #: how operations and intents classify (SPEC 2.2): the file's section, else the catalog's
+    classification: Classification = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.classification is None:
+            object.__setattr__(self, "classification", builtin_classification())
 
     def by_id(self, rule_id: str) -> Rule:
         """The rule with that id."""
@@ -196,13 +222,16 @@ def _values_of(
 
 
 # fields whose necessary values gate a rule (streams.core.engine.RuleIndex)
-GATE_FIELDS = ("fr_kind", "operation", "intent.label")
+GATE_FIELDS = ("fr_kind", "bio_kind", "trait", "operation", "intent.label")
+#: fields derived from the classification: a rule naming one uses it (SPEC 4.3)
+CLASSIFIED_FIELDS = frozenset({"fr_kind", "fr_use", "bio_kind", "bio_use", "trait", "bio_by"})
+_USE = {"fr_use": "fr_kind", "bio_use": "bio_kind"}
 
 
 def necessary_sets(
     node: object, lists: Mapping[str, tuple[Any, ...]], named_raw: Mapping[str, Any], depth: int = 0
 ) -> dict[str, frozenset[Any]]:
-    """Per gate field (fr_kind, operation, intent.label), the values a matching event must have.
+    """Per gate field (GATE_FIELDS), the values a matching event must have.
 
     Only conjunctions (all, ref) are read; anything else gives no constraint, so the result
     is always implied by the condition. Called after the condition compiled, so it is valid.
@@ -223,11 +252,21 @@ def necessary_sets(
         return {}
     if field in GATE_FIELDS:
         return {field: values}
-    if field == "fr_use" and values == frozenset([True]):
-        return {"fr_kind": frozenset(["identify", "verify"])}
-    if field == "fr_use" and values == frozenset([False]):
-        return {"fr_kind": frozenset(["enroll", "none"])}
+    if field in _USE and values == frozenset([True]):
+        return {_USE[field]: frozenset(["identify", "verify"])}
+    if field in _USE and values == frozenset([False]):
+        return {_USE[field]: frozenset(["enroll", "none"])}
     return {}
+
+
+def _names_classified_field(node: Any) -> bool:
+    if isinstance(node, dict):
+        if node.get("field") in CLASSIFIED_FIELDS:
+            return True
+        return any(_names_classified_field(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_names_classified_field(v) for v in node)
+    return False
 
 
 def _canonical(
@@ -253,14 +292,24 @@ def rule_version(
     window_ms: int,
     lists: Mapping[str, tuple[Any, ...]],
     named_raw: Mapping[str, Any],
+    classification: Classification | None = None,
 ) -> str:
-    """sha256 of a rule's canonical detection definition (SPEC 4.3)."""
-    definition = {
+    """sha256 of a rule's canonical detection definition (SPEC 4.3).
+
+    A rule whose conditions name a classified field (fr_kind, bio_kind, trait, ...) uses the
+    classification, so all of it is part of the definition: any change to the section
+    restarts that rule's windows. A rule that names none (FR-005, FR-010) keeps its version.
+    """
+    definition: dict[str, Any] = {
         "match": _canonical(node["match"], lists, named_raw),
         "group_by": node["group_by"],
         "window_ms": window_ms,
         "requires": _canonical(node["requires"], lists, named_raw),
     }
+    if classification is not None and _names_classified_field(
+        [definition["match"], definition["requires"]]
+    ):
+        definition["classification"] = classification.canonical()
     text = json.dumps(definition, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -272,6 +321,7 @@ def _rule(
     lists: Mapping[str, tuple[Any, ...]],
     named: Mapping[str, Predicate],
     named_raw: Mapping[str, Any],
+    classification: Classification | None = None,
 ) -> Rule:
     if not isinstance(node, dict):
         raise _fail(file, None, f"rules[{idx}]", "a rule is a mapping")
@@ -325,12 +375,18 @@ def _rule(
         kinds=gates.get("fr_kind"),
         operations=gates.get("operation"),
         intent_labels=gates.get("intent.label"),
-        version=rule_version(node, window_ms, lists, named_raw),
+        bio_kinds=gates.get("bio_kind"),
+        traits=gates.get("trait"),
+        version=rule_version(node, window_ms, lists, named_raw, classification),
     )
 
 
 def parse_rules(data: bytes, file: str) -> RuleSet:
-    """Validate and compile a rules file's bytes; RulesError on the first problem."""
+    """Validate and compile a rules file's bytes.
+
+    RulesError on a problem; the classification section and each rule are checked on their
+    own, so that one error carries every problem of those (`RulesError.problems`).
+    """
     try:
         doc = yaml.safe_load(data)
     except yaml.YAMLError as exc:
@@ -362,26 +418,50 @@ def parse_rules(data: bytes, file: str) -> RuleSet:
             named[str(name)] = compile_condition(node, f"conditions.{name}", lists, named)
         except ConditionError as exc:
             raise _fail(file, None, exc.path, str(exc)) from None
+    problems: list[RulesError] = []
+    if SECTION in doc:
+        classification, found = parse_classification(doc[SECTION])
+        problems.extend(_fail(file, None, path, message) for path, message in found)
+    else:
+        classification = builtin_classification()
     raw_rules = doc.get("rules")
     if not isinstance(raw_rules, list) or not raw_rules:
-        raise _fail(file, None, "rules", "rules must be a non-empty list")
+        raise RulesError.of(
+            [*problems, _fail(file, None, "rules", "rules must be a non-empty list")]
+        )
     rules: list[Rule] = []
     seen: set[str] = set()
     for i, node in enumerate(raw_rules):
-        enabled = node.get("enabled", True) if isinstance(node, dict) else True
-        if type(enabled) is not bool:
-            raise _fail(file, str(node.get("id")), "enabled", "enabled must be true or false")
-        rule = _rule(node, i, file, lists, named, raw_conds)
-        if rule.id in seen:
-            raise _fail(file, rule.id, "id", "duplicate rule id")
+        try:
+            enabled = node.get("enabled", True) if isinstance(node, dict) else True
+            if type(enabled) is not bool:
+                raise _fail(file, str(node.get("id")), "enabled", "enabled must be true or false")
+            rule = _rule(node, i, file, lists, named, raw_conds, classification)
+            if rule.id in seen:
+                raise _fail(file, rule.id, "id", "duplicate rule id")
+        except RulesError as exc:
+            problems.append(exc)
+            continue
         seen.add(rule.id)
         if enabled:
             rules.append(rule)
-    return RuleSet(tuple(rules), file, hashlib.sha256(data).hexdigest())
+    if problems or classification is None:
+        raise RulesError.of(problems)
+    return RuleSet(tuple(rules), file, hashlib.sha256(data).hexdigest(), classification)
+
+
+@lru_cache(maxsize=1)
+def builtin_classification() -> Classification:
+    """The built-in catalog's classification: what a rules file without the section uses."""
+    doc = yaml.safe_load(builtin_rules_bytes())
+    classification, problems = parse_classification(doc[SECTION])
+    if classification is None:  # pragma: no cover - the shipped catalog is tested
+        raise RuntimeError(f"built-in classification is invalid: {problems}")
+    return classification
 
 
 def builtin_rules_bytes() -> bytes:
-    """The shipped policy catalog (FR-001..FR-008)."""
+    """The shipped policy catalog (FR-001..FR-010)."""
     return resources.files("streams.core").joinpath(BUILTIN_NAME).read_bytes()
 
 

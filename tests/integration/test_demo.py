@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 DEMO = REPO / "deploy" / "demo" / "run"
 BROKER = REPO / "deploy" / "kafka" / "broker"
-RULE_IDS = {f"FR-00{i}" for i in range(1, 9)}
+RULE_IDS = {f"FR-{i:03d}" for i in range(1, 11)}
 RUN_TIMEOUT_S = 240
 
 
@@ -94,7 +94,7 @@ def test_demo_alerts_on_every_rule_and_cleans_up_twice_in_a_row() -> None:
             assert proc.returncode == 0, report
             assert "starting a Kafka broker" in proc.stderr, report  # its own, on our port
             alert_lines = [line for line in proc.stdout.splitlines() if " id=" in line]
-            fired = {m for line in alert_lines for m in re.findall(r"\bFR-00[1-8]\b", line)}
+            fired = {m for line in alert_lines for m in re.findall(r"\bFR-0(?:0[1-9]|10)\b", line)}
             assert fired == RULE_IDS, report
             assert 'frwatch_alerts_total{rule_id="FR-001"' in proc.stderr, report
             assert "stopped" in proc.stderr, report

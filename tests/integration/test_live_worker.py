@@ -44,7 +44,7 @@ def test_live_alerts_equal_replay(
     env, accounts, events = prepared_topics(kafka_bootstrap, unique_name, tmp_path)
     env["FRWATCH_SCREENING_PROCESSES"] = screening
     expected, summary = replay_alerts(events, accounts, env)
-    assert {a["rule_id"] for a in expected} == {f"FR-00{i}" for i in range(1, 9)}
+    assert {a["rule_id"] for a in expected} == {f"FR-{i:03d}" for i in range(1, 11)}
     assert summary["malformed"] > 0 and summary["duplicates"] > 0
     frwatch(["publish", *(["--batch", str(batch)] if batch else []), str(events)], env)
     worker = Worker(env, tmp_path / "w").start()

@@ -182,7 +182,11 @@ def _held_after_replay(archive: Path, accounts: Path) -> tuple[int, int]:
     for line in archive.read_bytes().splitlines():
         for rec in decode_request_message(line):
             if isinstance(rec, RequestEvent):
-                detector.observe(EnrichedEvent(rec, directory.get(rec.account_id)))
+                detector.observe(
+                    EnrichedEvent(
+                        rec, directory.get(rec.account_id), detector.rule_set.classification
+                    )
+                )
                 detector.expire()
     return len(store), len(made)
 

@@ -34,6 +34,8 @@ SEVERITY = {
     "FR-006": "high",
     "FR-007": "high",
     "FR-008": "low",
+    "FR-009": "high",
+    "FR-010": "medium",
 }
 ALERT_KEYS = {
     "schema",
@@ -183,7 +185,7 @@ def test_demo_archive_fires_each_rule_once_with_complete_alerts(
     summary = r.summary
     assert set(summary) == {"events", "malformed", "duplicates", "alerts", "seconds"}
     assert summary["events"] == len(demo_events)
-    assert (summary["malformed"], summary["duplicates"], summary["alerts"]) == (0, 0, 8)
+    assert (summary["malformed"], summary["duplicates"], summary["alerts"]) == (0, 0, 10)
     assert isinstance(summary["seconds"], int | float) and summary["seconds"] >= 0
     assert len(r.stderr.strip().splitlines()) == 1
 
@@ -202,8 +204,8 @@ def test_out_file(tmp_path: Path, archive: Path, accounts: Path) -> None:
     r = frwatch("replay", "--accounts", accounts, "--out", out, archive)
     assert r.code == 0
     assert r.stdout == b""
-    assert len(out.read_bytes().splitlines()) == 8
-    assert r.summary["alerts"] == 8
+    assert len(out.read_bytes().splitlines()) == 10
+    assert r.summary["alerts"] == 10
 
 
 def test_out_file_that_cannot_be_written(tmp_path: Path, archive: Path) -> None:
@@ -217,7 +219,7 @@ def test_custom_rules_file_sha(tmp_path: Path, archive: Path, accounts: Path) ->
     rules.write_bytes(data)
     r = frwatch("replay", "--rules", rules, "--accounts", accounts, archive)
     assert r.code == 0
-    assert {a["rule_id"] for a in r.alerts} == set(SCENARIO_RULES) - {"FR-005"}
+    assert {a["rule_id"] for a in r.alerts} == set(SCENARIO_RULES) - {"FR-005", "FR-010"}
     assert {a["detector"]["rules_sha256"] for a in r.alerts} == {hashlib.sha256(data).hexdigest()}
 
 
@@ -328,11 +330,11 @@ def test_malformed_lines_are_counted_not_fatal(
     bad.write_bytes(b"\n".join(line for line, _, _ in MALFORMED_LINES) + b"\n")
     r = frwatch("replay", "--accounts", accounts, bad, archive)
     assert r.code == 0, r.stderr
-    assert len(r.alerts) == 8
+    assert len(r.alerts) == 10
     s = r.summary
     assert s["events"] == len(demo_events) + sum(n for _, n, _ in MALFORMED_LINES)
     assert s["malformed"] == sum(m for _, _, m in MALFORMED_LINES)
-    assert s["alerts"] == 8
+    assert s["alerts"] == 10
 
 
 def test_duplicates_are_counted(tmp_path: Path) -> None:
@@ -519,7 +521,7 @@ def test_rules_check_ok() -> None:
     r = frwatch("rules", "check", CATALOG)
     assert r.code == 0, r.stderr
     out = r.stdout.decode()
-    assert "8 rules" in out
+    assert "10 rules" in out
     assert hashlib.sha256(CATALOG.read_bytes()).hexdigest() in out
 
 
@@ -564,3 +566,22 @@ def test_rules_show() -> None:
     fr007 = next(d for d in docs if d["id"] == "FR-007")
     assert fr007["window"] == "1d"
     assert fr007["group_by"] == "account_id"
+
+
+def test_rules_check_reports_every_error_one_line_each(tmp_path: Path) -> None:
+    path = tmp_path / "my-rules.yaml"
+    data = (
+        CATALOG.read_bytes()
+        .replace(b"intent_threshold: 0.8", b"intent_threshold: 80")
+        .replace(b"        - Face_Group ", b"        - Face_Identify ")
+        .replace(b"severity: low", b"severity: minor")
+    )
+    path.write_bytes(data)
+    r = frwatch("rules", "check", path)
+    assert r.code == 2
+    lines = r.stderr.strip("\n").splitlines()
+    assert len(lines) == 3, r.stderr
+    assert all(line.startswith(f"frwatch rules check: error: {path}: ") for line in lines)
+    assert "field classification.operations[6].names[3]: operation 'Face_Identify'" in lines[0]
+    assert "field classification.intent_threshold" in lines[1]
+    assert "rule FR-008: field severity" in lines[2]

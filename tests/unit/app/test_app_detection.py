@@ -114,7 +114,11 @@ class Reference:
     def feed(self, record: dict[str, Any]) -> None:
         ev = parse_request_record(record)
         assert isinstance(ev, RequestEvent), ev
-        obs = self.detector.observe(EnrichedEvent(ev, self.directory.get(ev.account_id)))
+        obs = self.detector.observe(
+            EnrichedEvent(
+                ev, self.directory.get(ev.account_id), self.detector.rule_set.classification
+            )
+        )
         self.alerts.extend(obs.alerts)
         self.duplicate += obs.duplicate
         self.matches.update(obs.matched)
@@ -164,7 +168,7 @@ def test_alerts_equal_the_core_detector_for_the_same_events(batch: int) -> None:
     for i in range(0, len(events), batch):
         chunk = events[i : i + batch]
         pipe.feed(chunk[0] if batch == 1 else {"records": chunk}, kafka_ts_ms=1000 + i)
-    assert {a.rule_id for a in ref.alerts} == {f"FR-00{i}" for i in range(1, 9)}
+    assert {a.rule_id for a in ref.alerts} == {f"FR-{i:03d}" for i in range(1, 11)}
     if batch == 1:
         # same order of events per window: the same alerts, evidence included
         assert pipe.alerts == ref.alerts

@@ -98,7 +98,7 @@ def test_zeros_are_pre_filled_with_the_spec_labels() -> None:
     assert got[("frwatch_accounts_loaded", ())] == 0
     assert got[("frwatch_event_lag_seconds_count", ())] == 0
     assert got[("frwatch_alert_latency_seconds_count", ())] == 0
-    assert len(RULE_IDS) == 8
+    assert len(RULE_IDS) == 10
 
 
 def test_counters_add_up() -> None:

@@ -19,7 +19,7 @@ import pytest
 from streams.app.routing import FUTURE_TOLERANCE_MS, Routed, Router, Screened, destination
 from streams.core.classify import EnrichedEvent
 from streams.core.engine import group_key
-from streams.core.rules import RuleSet, load_rules
+from streams.core.rules import RuleSet, builtin_classification, load_rules
 from streams.synthetic import DEFAULT_START_MS, demo_traffic, sample_directory
 from topics.accounts import AccountDirectory, AccountRecord
 from topics.dlq import (
@@ -450,6 +450,12 @@ _OPERATIONS = [
     "chat.completions",
     "responses",
     "vision.analyze",
+    "audio.chat",
+    "speaker.identify",
+    "speaker.enroll",
+    "TextDependent_VerifyProfile",
+    "Face_Identify",
+    "PersonGroupOperations_AddLargePersonGroupPersonFace",
     "embeddings",
 ]
 _SAMPLE_ACCOUNT_IDS = sorted(directory()._accounts)
@@ -459,15 +465,17 @@ def _gate_cases() -> list[dict[str, Any]]:
     """Every combination of what the gates and the kind read, with and without context."""
     cases = []
     labels = [None, "identify_person", "verify_identity", "describe_scene", "none"]
-    for account_id, operation, label, score, images, context in itertools.product(
+    for account_id, operation, label, score, (images, audios), context in itertools.product(
         [*_SAMPLE_ACCOUNT_IDS, "acct-unknown"],
         [*_OPERATIONS, "other.op"],
         [*labels, "no-intent"],
         [None, 0.5, 0.8, 1],
-        [0, 1],
+        [(0, 0), (1, 0), (0, 1), (1, 1)],
         [False, True],
     ):
-        rec = event(f"g-{len(cases)}", account_id, operation, image_count=images)
+        rec = event(
+            f"g-{len(cases)}", account_id, operation, image_count=images, audio_count=audios
+        )
         if label != "no-intent":
             rec["intent"] = {"label": label, "score": score}
         if context:
@@ -479,7 +487,7 @@ def _gate_cases() -> list[dict[str, Any]]:
 
 
 def test_router_forwards_exactly_what_an_ungated_evaluation_matches() -> None:
-    """Gates (fr_kind, operation, intent.label) and the kind read off the raw record skip
+    """Gates (bio_kind, trait, operation, intent.label) and the verdict read off the raw record skip
     exactly the records for which no rule matches, evaluating every rule the slow way."""
     records = _gate_cases()
     out = route(router(), {"records": records})
@@ -491,7 +499,7 @@ def test_router_forwards_exactly_what_an_ungated_evaluation_matches() -> None:
     for rec in records:
         ev = parse_request_record(rec)
         assert isinstance(ev, RequestEvent)
-        ee = EnrichedEvent(ev, accounts.get(rec["account_id"]))
+        ee = EnrichedEvent(ev, accounts.get(rec["account_id"]), builtin_classification())
         for scope, tag in (("account_id", "a"), ("org_id", "o")):
             keys = {
                 gk

@@ -78,7 +78,11 @@ def run_case(case: dict[str, Any]) -> set[Fired]:
     fired: list[Fired] = []
     for step in expand_steps(case):
         if isinstance(step, RequestEvent):
-            obs = detector.observe(EnrichedEvent(step, directory.get(step.account_id)))
+            obs = detector.observe(
+                EnrichedEvent(
+                    step, directory.get(step.account_id), detector.rule_set.classification
+                )
+            )
             fired.extend((a.rule_id, a.group_key, a.window_start_ms) for a in obs.alerts)
             detector.expire()
         else:

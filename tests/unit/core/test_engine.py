@@ -11,7 +11,7 @@ import pytest
 from streams.core import engine
 from streams.core.classify import EnrichedEvent
 from streams.core.engine import NOTHING, Detector, evidence_sample
-from streams.core.rules import load_rules, parse_rules
+from streams.core.rules import builtin_classification, load_rules, parse_rules
 from streams.core.state import MemoryWindowStore, WindowState, id_hash, window_key
 from topics.accounts import AccountRecord
 from topics.alerts import SAMPLE_FIELDS, Alert, alert_id
@@ -52,7 +52,9 @@ class Harness:
         raw.update(fields)
         ev = parse_request_record(raw)
         assert isinstance(ev, RequestEvent), ev
-        obs = self.detector.observe(EnrichedEvent(ev, ACCOUNTS.get(ev.account_id)))
+        obs = self.detector.observe(
+            EnrichedEvent(ev, ACCOUNTS.get(ev.account_id), builtin_classification())
+        )
         self.alerts.extend(obs.alerts)
         self.detector.expire()
         return obs
@@ -198,7 +200,7 @@ def test_events_whose_group_key_is_null_do_not_match() -> None:
         {"event_id": "e", "ts": T0, "account_id": "nobody", "operation": "face.identify"}
     )
     assert isinstance(ev, RequestEvent)
-    ee = EnrichedEvent(ev, None)
+    ee = EnrichedEvent(ev, None, builtin_classification())
     # FR-006 groups by org: an unknown account has none
     assert [r.id for r in det.matching_rules(ee)] == ["FR-007", "FR-008"]
 
@@ -430,7 +432,7 @@ def test_evidence_sample_shape() -> None:
         }
     )
     assert isinstance(ev, RequestEvent)
-    s = evidence_sample(EnrichedEvent(ev, None))
+    s = evidence_sample(EnrichedEvent(ev, None, builtin_classification()))
     assert s == {
         "event_id": "e",
         "ts": T0 + 1500,

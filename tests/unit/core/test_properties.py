@@ -17,7 +17,13 @@ from hypothesis import strategies as st
 
 from streams.core.classify import EnrichedEvent
 from streams.core.engine import Detector
-from streams.core.rules import RuleSet, builtin_rules_bytes, load_rules, parse_rules
+from streams.core.rules import (
+    RuleSet,
+    builtin_classification,
+    builtin_rules_bytes,
+    load_rules,
+    parse_rules,
+)
 from streams.core.state import MemoryWindowStore
 from topics.accounts import AccountDirectory, AccountRecord
 from topics.requests import RequestEvent, parse_request_record
@@ -140,7 +146,12 @@ def original_events(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 def _matching(raw: dict[str, Any]) -> set[str]:
     ev = _parse(raw)
-    return {r.id for r in MATCHER.matching_rules(EnrichedEvent(ev, ACCOUNTS.get(ev.account_id)))}
+    return {
+        r.id
+        for r in MATCHER.matching_rules(
+            EnrichedEvent(ev, ACCOUNTS.get(ev.account_id), builtin_classification())
+        )
+    }
 
 
 def _parse(raw: dict[str, Any]) -> RequestEvent:
@@ -195,7 +206,10 @@ def fire(rules: RuleSet, events: list[dict[str, Any]]) -> list[str]:
     for raw in events:
         ev = _parse(raw)
         fired.extend(
-            a.alert_id for a in det.observe(EnrichedEvent(ev, ACCOUNTS.get(ev.account_id))).alerts
+            a.alert_id
+            for a in det.observe(
+                EnrichedEvent(ev, ACCOUNTS.get(ev.account_id), builtin_classification())
+            ).alerts
         )
         det.expire()
     assert len(fired) == len(set(fired)), "a window fired twice within retention"
@@ -284,6 +298,9 @@ def test_the_universe_fires_alerts() -> None:
     for raw in events:
         ev = _parse(raw)
         rules |= {
-            a.rule_id for a in det.observe(EnrichedEvent(ev, ACCOUNTS.get(ev.account_id))).alerts
+            a.rule_id
+            for a in det.observe(
+                EnrichedEvent(ev, ACCOUNTS.get(ev.account_id), builtin_classification())
+            ).alerts
         }
     assert rules == {f"FR-00{i}" for i in range(1, 9)}

@@ -13,7 +13,13 @@ import yaml
 import streams.core
 from streams.core.classify import EnrichedEvent
 from streams.core.conditions import compile_condition
-from streams.core.rules import RulesError, builtin_rules_bytes, load_rules, parse_rules
+from streams.core.rules import (
+    RulesError,
+    builtin_classification,
+    builtin_rules_bytes,
+    load_rules,
+    parse_rules,
+)
 from topics.accounts import AccountRecord
 from topics.requests import RequestEvent, parse_request_record
 
@@ -85,9 +91,9 @@ def assert_names(err: RulesError, rule: str | None, field: str | None) -> None:
 # ----------------------------------------------------------------------------- built-in catalog
 
 
-def test_builtin_catalog_has_the_eight_rules_of_the_spec() -> None:
+def test_builtin_catalog_has_the_ten_rules_of_the_spec() -> None:
     rules = load_rules()
-    assert [r.id for r in rules.rules] == [f"FR-00{i}" for i in range(1, 9)]
+    assert [r.id for r in rules.rules] == [f"FR-{i:03d}" for i in range(1, 11)]
     table = {
         r.id: (r.severity, r.group_by, r.window_ms, [(q.kind, q.at_least) for q in r.requires])
         for r in rules.rules
@@ -102,6 +108,8 @@ def test_builtin_catalog_has_the_eight_rules_of_the_spec() -> None:
         "FR-006": ("high", "org_id", hour, [("distinct", 50)]),
         "FR-007": ("high", "account_id", day, [("count", 20), ("count", 1)]),
         "FR-008": ("low", "account_id", hour, [("count", 1)]),
+        "FR-009": ("high", "account_id", hour, [("count", 1)]),
+        "FR-010": ("medium", "account_id", hour, [("count", 3)]),
     }
     assert rules.by_id("FR-006").requires[0].field == "subject_ids"
     assert all(r.clause and r.title for r in rules.rules)
@@ -123,7 +131,7 @@ def test_a_copy_with_other_bytes_has_another_sha256(tmp_path: Path) -> None:
     rules = load_rules(str(copy_path))
     assert rules.path == str(copy_path)
     assert rules.sha256 == hashlib.sha256(data).hexdigest() != load_rules().sha256
-    assert len(rules.rules) == 8
+    assert len(rules.rules) == 10
 
 
 def test_valid_custom_file() -> None:
@@ -393,7 +401,7 @@ def enriched(account: AccountRecord | None = ACCOUNT, **fields: Any) -> Enriched
     raw.update(fields)
     ev = parse_request_record(raw)
     assert isinstance(ev, RequestEvent)
-    return EnrichedEvent(ev, account)
+    return EnrichedEvent(ev, account, builtin_classification())
 
 
 @pytest.mark.parametrize(
@@ -448,7 +456,7 @@ def test_rule_gates_never_skip_a_rule_that_matches() -> None:
     for raw in demo_traffic(5, 1_795_000_000_000, 300):
         ev = parse_request_record(raw)
         for acct in (accounts.get(raw["account_id"]), None, accounts["acct-metro-pd"]):
-            ee = EnrichedEvent(ev, acct)  # type: ignore[arg-type]
+            ee = EnrichedEvent(ev, acct, builtin_classification())  # type: ignore[arg-type]
             full = [r.id for r in rules if r.match(ee)]
             gated = [r.id for r in index.candidates(ee) if r.match(ee)]
             assert gated == full

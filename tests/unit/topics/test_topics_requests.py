@@ -639,6 +639,7 @@ _events = st.builds(
         _opt_text,
         st.none() | st.floats(0, 1) | st.integers(0, 1),
     ),
+    audio_count=st.integers(0, 2**40),
 )
 
 
