@@ -17,7 +17,7 @@ from conftest import SecureKafka
 from kafka_broker import kafka_acls
 from scenarios import scenario_archive
 from test_secure_broker import alert_ids_on_topic_as, secure_env
-from worker_harness import REPO, Worker, frwatch, free_port, wait_for
+from worker_harness import Worker, free_port, frwatch, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -135,7 +135,7 @@ def test_removing_one_printed_acl_makes_the_worker_fail(
     code, out = probe_worker(env, tmp_path / "w")
     print(f"without {label}: exit {code}: {out.strip().splitlines()[-1:]}")
     assert code != 0, out[-3000:]
-    kind, _, rest = label.removeprefix("prefixed ").partition(" ")
+    _, _, rest = label.removeprefix("prefixed ").partition(" ")
     resource = rest.split(" ")[0].replace("APP", unique_name)
     assert resource in out, out[-3000:]
     assert "authori" in out.lower(), out[-3000:]
