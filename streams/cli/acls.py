@@ -42,6 +42,9 @@ def grants(settings: Settings, role: str) -> list[Grant]:
         # Read implies Describe (metadata); the account feed reads every partition itself
         Grant("topic", settings.topic_requests, ("Read",), why="input"),
         Grant("topic", settings.topic_accounts, ("Read",), why="account feed and audit"),
+        # SPEC 4.3/4.4: the deployed rules (FRWATCH_RULES=kafka:) and the exceptions
+        Grant("topic", settings.topic_exceptions, ("Read",), why="exceptions"),
+        Grant("topic", settings.topic_rules, ("Read",), why="deployed rules"),
         # Write implies Describe and, since Kafka 3.0, the idempotent producer's rights
         Grant("topic", settings.topic_alerts, ("Write",), why="alerts"),
         Grant("topic", settings.topic_dlq, ("Write",), why="dead letters"),

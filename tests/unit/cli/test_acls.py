@@ -27,6 +27,8 @@ def test_worker_acls_are_exactly_what_it_needs() -> None:
     assert grants == [
         ("--topic", "api.requests", ("Read",), False),
         ("--topic", "api.accounts", ("Read",), False),
+        ("--topic", "frwatch.exceptions", ("Read",), False),
+        ("--topic", "frwatch.rules", ("Read",), False),
         ("--topic", "frwatch.alerts", ("Write",), False),
         ("--topic", "frwatch.dlq", ("Write",), False),
         ("--group", "det", ("Read",), False),
@@ -45,3 +47,10 @@ def test_analyst_and_archive_roles(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "--allow-principal User:x --operation Read --topic api.requests" in out
     assert "--operation Read --group x-archive" in out
+
+
+def test_rules_and_exceptions_topics_follow_their_settings() -> None:
+    env = {"FRWATCH_TOPIC_RULES": "r.x", "FRWATCH_TOPIC_EXCEPTIONS": "e.x"}
+    lines = acl_commands(settings_from_env(env), "User:w", "worker")
+    assert sum(line.endswith("--operation Read --topic r.x") for line in lines) == 1
+    assert sum(line.endswith("--operation Read --topic e.x") for line in lines) == 1
