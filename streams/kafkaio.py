@@ -216,6 +216,32 @@ async def check_topics(
         )
 
 
+async def check_group(settings: Settings, group: str, timeout: float = 20.0) -> None:
+    """Fail with one line when the cluster refuses this client the consumer group.
+
+    Faust's consumer retries GroupAuthorizationFailedError forever, so the worker asks for
+    the group's offsets once at start (FindCoordinator and OffsetFetch need what joining it
+    needs first: Describe, which Read implies). Other errors are left to the usual path.
+    """
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id="frwatch-group-check",
+        request_timeout_ms=int(timeout * 1000),
+        **client_kwargs(settings),
+    )
+    try:
+        await asyncio.wait_for(admin.start(), timeout)
+        await asyncio.wait_for(admin.list_consumer_group_offsets(group), timeout)
+    except (KafkaError, TimeoutError, OSError) as exc:
+        if type(exc).__name__ in AUTHORIZATION_ERRORS:
+            raise KafkaAccessError(
+                f"not authorised to use consumer group {group} "
+                f"({type(exc).__name__}; see `frwatch acls`)"
+            ) from None
+    finally:
+        await admin.close()
+
+
 # Kafka's default message.max.bytes: what a topic created without the setting takes
 BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1048588
 

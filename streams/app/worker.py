@@ -18,7 +18,13 @@ from streams.app.faust_app import build_app
 from streams.app.memory import pin_mmap_threshold
 from streams.app.routing import MAX_FORWARD_MESSAGE_BYTES
 from streams.core.rules import RulesError, builtin_rules_bytes, parse_rules
-from streams.kafkaio import KafkaAccessError, check_login, check_topics, max_message_bytes
+from streams.kafkaio import (
+    KafkaAccessError,
+    check_group,
+    check_login,
+    check_topics,
+    max_message_bytes,
+)
 from streams.settings import Settings
 from topics.catalog import detect_topic_name
 
@@ -109,6 +115,7 @@ def run_worker(settings: Settings, loglevel: str) -> int:
         # a refused login is retried forever by Faust's consumer: check it once, up front
         asyncio.run(check_login(settings))
         asyncio.run(check_topics(settings, needed))
+        asyncio.run(check_group(settings, settings.app_id))
         # forwards stay below what the detect topic takes (the broker's default if it is new)
         limit = asyncio.run(max_message_bytes(settings, detect_topic_name(settings.app_id)))
     except KafkaAccessError as exc:
