@@ -105,7 +105,8 @@ def run_worker(settings: Settings, loglevel: str) -> int:
         print(f"frwatch worker: error: {path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except RulesError as exc:
-        print(f"frwatch worker: error: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"frwatch worker: error: {problem}", file=sys.stderr)
         return 2
     topics = settings.topics()
     needed = [topics[role] for role in ("requests", "accounts", "alerts", "dlq")]

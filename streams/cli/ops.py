@@ -220,7 +220,9 @@ def run_rules_deploy(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         return _fail("rules deploy", f"{args.file}: cannot read: {exc.strerror or exc}")
     except RulesError as exc:
-        return _fail("rules deploy", f"{exc} (nothing deployed)")
+        for problem in exc.problems:  # every error found, one line each
+            _fail("rules deploy", f"{problem} (nothing deployed)")
+        return EXIT_USAGE
     try:
         _run_checked(
             settings,
