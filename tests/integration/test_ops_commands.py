@@ -85,7 +85,10 @@ def test_topics_create_is_idempotent_and_sets_compaction(
 ) -> None:
     env = frwatch_env(kafka_bootstrap, unique_name)
     first = json_lines(frwatch(["topics", "create"], env).stdout)
-    public = [f"{unique_name}.{t}" for t in ("requests", "accounts", "alerts", "dlq")]
+    public = [
+        f"{unique_name}.{t}"
+        for t in ("requests", "accounts", "alerts", "dlq", "exceptions", "rules")
+    ]
     internal = [f"{unique_name}-detect", f"{unique_name}-windows-changelog"]
     assert [d["topic"] for d in first] == public + internal
     assert {d["state"] for d in first} == {"created"}
@@ -94,7 +97,11 @@ def test_topics_create_is_idempotent_and_sets_compaction(
     assert {d["state"] for d in second} == {"exists"}
 
     topics = describe(kafka_bootstrap, public + internal)
-    requests, accounts, alerts, dlq = (topics[t] for t in public)
+    requests, accounts, alerts, dlq, exceptions, rules = (topics[t] for t in public)
+    # the latest exception per id, the latest deployed rules file (SPEC 1)
+    for compacted in (exceptions, rules):
+        assert compacted["config"]["cleanup.policy"] == "compact"
+        assert compacted["partitions"] == 1
     assert accounts["config"]["cleanup.policy"] == "compact"
     assert accounts["partitions"] == 1  # one partition: the latest record wins, in topic order
     assert alerts["config"]["cleanup.policy"] == "compact,delete"
