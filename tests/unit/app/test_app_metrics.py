@@ -85,7 +85,7 @@ def test_every_spec_metric_is_exposed_with_its_type() -> None:
 def test_zeros_are_pre_filled_with_the_spec_labels() -> None:
     registry, _ = fresh()
     got = samples(scrape(registry))
-    assert RESULTS == ("processed", "malformed", "rejected", "duplicate", "error")
+    assert RESULTS == ("processed", "malformed", "rejected", "duplicate", "error", "skipped")
     for result in RESULTS:
         assert got[("frwatch_events_total", (("result", result),))] == 0
     for result in ("hit", "miss"):
