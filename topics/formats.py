@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
@@ -107,6 +107,10 @@ class FormatError(ValueError):
         return out
 
 
+def _unset(rec: Any) -> Any:  # pragma: no cover - replaced in __post_init__
+    raise AssertionError("not compiled")
+
+
 class _Unmappable(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
@@ -190,35 +194,52 @@ class FieldSource:
             if self.const is not None:
                 return self.const
             if self.digest:
-                return hashlib.sha256(orjson.dumps(source, option=orjson.OPT_SORT_KEYS)).hexdigest()
+                return self._digest(source)
             return self.default
         if self.segment_after is not None:
             v = self._segment(v)
         if self.case is not None and type(v) is str:
             v = v.lower() if self.case == "lower" else v.upper()
         if self.table is not None:
-            # an unhashable value (object, array) is in no table
-            with contextlib.suppress(TypeError):
-                v = self.table.get(v, v)
+            v = self._table(v)
         if self.timestamp is not None and self.timestamp != "rfc3339":
             v = self._epoch_ms(v)
         if self.integer and type(v) is str:
-            text = v.strip()
-            if not text.lstrip("-").isdigit():
-                raise _Unmappable(WRONG_TYPE, f"{v[:40]!r} is not an integer")
-            v = int(text)
+            v = self._integer(v)
         return v
+
+    def _integer(self, v: str) -> int:
+        text = v.strip()
+        if not text.lstrip("-").isdigit() or not text.isascii():
+            raise _Unmappable(WRONG_TYPE, f"{v[:40]!r} is not an integer")
+        return int(text)
+
+    def _table(self, v: Any) -> Any:
+        table = self.table
+        assert table is not None
+        # an unhashable value (object, array) is in no table
+        with contextlib.suppress(TypeError):
+            return table.get(v, v)
+        return v
+
+    def _digest(self, source: Any) -> str:
+        return hashlib.sha256(orjson.dumps(source, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     def _segment(self, v: Any) -> str:
         if type(v) is not str:
             raise _Unmappable(WRONG_TYPE, "must be a string (a resource path)")
-        parts = v.split("/")
-        want = self.segment_after
-        assert want is not None
-        for i, p in enumerate(parts[:-1]):
-            if p.lower() == want and parts[i + 1]:
-                return parts[i + 1]
-        raise _Unmappable(MISSING_FIELD, f"no segment after {want!r} in {v[:200]!r}")
+        text = "/" + v
+        lowered = text.lower()
+        needle = f"/{self.segment_after}/"
+        at = lowered.find(needle)
+        while at >= 0:
+            begin = at + len(needle)
+            end = text.find("/", begin)
+            segment = text[begin:] if end < 0 else text[begin:end]
+            if segment:
+                return segment
+            at = lowered.find(needle, at + 1)
+        raise _Unmappable(MISSING_FIELD, f"no segment after {self.segment_after!r} in {v[:200]!r}")
 
     def _epoch_ms(self, v: Any) -> int:
         unit = self.timestamp
@@ -269,15 +290,21 @@ class InputFormat:
     json_strings: tuple[Path_, ...]
     skip: tuple[SkipWhen, ...]
     fields: tuple[FieldSource, ...]
-    required: tuple[FieldSource, ...] = ()
+    #: one source record -> a frwatch-format dict, `SKIPPED`, an `UnmappedRecord`, or a
+    #: non-object as it is (the validator says so): the format compiled to one function
+    map_record: Callable[[Any], Any] = field(default=_unset, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.map_record is _unset:
+            object.__setattr__(self, "map_record", compile_mapper(self))
 
     @property
     def sources(self) -> dict[str, str]:
         """Each mapped field's source path(s), as dead letters name them."""
         return {f.field: f.described for f in self.fields}
 
-    def map_record(self, rec: Any, sources: dict[str, str] | None = None) -> Any:
-        """A frwatch-format dict, `SKIPPED`, or an `UnmappedRecord`; non-objects as they are."""
+    def interpret(self, rec: Any, sources: dict[str, str] | None = None) -> Any:
+        """`map_record`, interpreted from the definition: the reference the compiled one meets."""
         if type(rec) is not dict:
             return rec  # not an object: the validator says so
         view = rec
@@ -300,9 +327,12 @@ class InputFormat:
                 return UnmappedRecord(
                     rec, Rejection(exc.reason, f.field, f"{f.field} from {f.described}: {exc}")
                 )
-            if v is None:
-                continue
             name = f.field
+            if v is None:
+                if name in REQUIRED:
+                    detail = f"{name} from {f.described}: missing"
+                    return UnmappedRecord(rec, Rejection(MISSING_FIELD, name, detail))
+                continue
             if "." in name:
                 parent, _, member = name.partition(".")
                 holder = out.get(parent)
@@ -311,11 +341,6 @@ class InputFormat:
                 holder[member] = v
             else:
                 out[name] = v
-        for f in self.required:
-            if f.field not in out:
-                return UnmappedRecord(
-                    rec, Rejection(MISSING_FIELD, f.field, f"{f.field} from {f.described}: missing")
-                )
         return out
 
     def _unmapped(self, rec: Any, keys: Path_, why: str) -> UnmappedRecord:
@@ -337,9 +362,8 @@ class InputFormat:
         mapped = []
         skipped = 0
         map_record = self.map_record
-        sources = self.sources
         for rec in records:
-            m = map_record(rec, sources)
+            m = map_record(rec)
             if m is SKIPPED:
                 skipped += 1
             else:
@@ -369,9 +393,9 @@ class InputFormat:
             return [found]
         records, batched = found  # type: ignore[misc]
         out: list[RequestEvent | RejectedRecord] = []
-        sources = self.sources
+        map_record = self.map_record
         for rec in records:
-            m = self.map_record(rec, sources)
+            m = map_record(rec)
             if m is SKIPPED:
                 out.append(SKIPPED)
                 continue
@@ -406,6 +430,167 @@ def _path_text(keys: Path_) -> str:
         else:
             out += '["' + str(k).replace("\\", "\\\\").replace('"', '\\"') + '"]'
     return out
+
+
+# ---- the compiled mapper ----------------------------------------------------------------
+#
+# A format is compiled to the source of one Python function, then to code: per record no
+# loop over fields or path keys, no method call for what a format does not declare. Only
+# reprs of the format's own keys (strings, integers) and names of this module appear in the
+# source; every other value is passed in as a constant.
+
+_HASHABLE = frozenset({str, int, float, bool})
+
+
+def _walk_code(keys: Path_, start: str, json: tuple[Path_, ...] = ()) -> list[str]:
+    """Statements that leave the value at `keys` in `v`, or None.
+
+    `start` is the record (a dict); a path under one of the `json` prefixes starts from
+    that prefix's decoded value instead (`J_<n>`, which may be anything).
+    """
+    for n in sorted(range(len(json)), key=lambda n: -len(json[n])):
+        prefix = json[n]
+        if keys[: len(prefix)] == prefix:
+            rest = keys[len(prefix) :]
+            return [f"v = J_{n}", *_steps(rest)]
+    first = keys[0]
+    out = [f"v = {start}.get({first!r})" if type(first) is str else "v = None"]
+    return out + _steps(keys[1:])
+
+
+def _steps(keys: Path_) -> list[str]:
+    out = []
+    for k in keys:
+        if type(k) is int:
+            out.append(f"v = (v[{k}] if len(v) > {k} else None) if type(v) is list else None")
+        else:
+            out.append(f"v = v.get({k!r}) if type(v) is dict else None")
+    return out
+
+
+def _skip_test(cond: SkipWhen, n: int) -> str:
+    tests = []
+    if cond.exists is True:
+        tests.append("v is not None")
+    elif cond.exists is False:
+        tests.append("v is None")
+    if cond.within is not None:
+        tests.append(f"(type(v) in HASHABLE and v in IN_{n})")
+    if cond.outside is not None:
+        tests.append(f"(v is not None and not (type(v) in HASHABLE and v in OUT_{n}))")
+    return " and ".join(tests)
+
+
+def compile_mapper(fmt: InputFormat) -> Callable[[Any], Any]:
+    """`fmt`'s mapping of one source record, compiled (`InputFormat.interpret` spelled out)."""
+    env: dict[str, Any] = {
+        "ORIGIN": ORIGIN,
+        "Origin": Origin,
+        "new": tuple.__new__,
+        "SOURCES": fmt.sources,
+        "SKIPPED": SKIPPED,
+        "HASHABLE": _HASHABLE,
+        "loads": orjson.loads,
+        "JSONDecodeError": orjson.JSONDecodeError,
+        "Unmappable": _Unmappable,
+        "UnmappedRecord": UnmappedRecord,
+        "Rejection": Rejection,
+        "MISSING_FIELD": MISSING_FIELD,
+        "not_json": fmt._unmapped,
+        "FIELDS": fmt.fields,
+    }
+    body = ["if type(rec) is not dict:", "    return rec"]
+    # each string holding JSON is decoded once, into J_<n>; paths under it start there
+    json = fmt.json_strings
+    for j, keys in enumerate(json):
+        env[f"JSON_{j}"] = keys
+        body += _walk_code(keys, "rec", json[:j])
+        body += [
+            "if type(v) is str:",
+            "    try:",
+            "        v = loads(v)",
+            "    except JSONDecodeError as exc:",
+            f"        return not_json(rec, JSON_{j}, f'is a string that is not JSON ({{exc}})')",
+            f"J_{j} = v",
+        ]
+    for n, cond in enumerate(fmt.skip):
+        env[f"IN_{n}"], env[f"OUT_{n}"] = cond.within, cond.outside
+        body += _walk_code(cond.path, "rec", json)
+        body += [f"if {_skip_test(cond, n)}:", "    return SKIPPED"]
+    body += ["out = {ORIGIN: new(Origin, (rec, SOURCES))}", "i = 0", "try:"]
+    for i, f in enumerate(fmt.fields):
+        env[f"F_{i}"] = f
+        code = [f"i = {i}"]
+        for a, keys in enumerate(f.paths):
+            walk = _walk_code(keys, "rec", json)
+            code += walk if a == 0 else ["if v is None:", *("    " + w for w in walk)]
+        if not f.paths:
+            code.append("v = None")
+        absent = (
+            [f"v = F_{i}.const"]
+            if f.const is not None
+            else [f"v = F_{i}._digest(rec)"]
+            if f.digest
+            else [f"v = F_{i}.default"]
+            if f.default is not None
+            else []
+        )
+        present = []
+        if f.segment_after is not None:
+            present.append(f"v = F_{i}._segment(v)")
+        if f.case is not None:
+            present += ["if type(v) is str:", f"    v = v.{f.case}()"]
+        if f.table is not None:
+            env[f"TABLE_{i}"] = f.table
+            present.append(f"v = TABLE_{i}.get(v, v) if type(v) in HASHABLE else v")
+        if f.timestamp is not None and f.timestamp != "rfc3339":
+            present.append(f"v = F_{i}._epoch_ms(v)")
+        if f.integer:
+            present += ["if type(v) is str:", f"    v = F_{i}._integer(v)"]
+        if f.paths:
+            if absent and present:
+                code += ["if v is None:", *("    " + c for c in absent), "else:"]
+                code += ["    " + c for c in present]
+            elif absent:
+                code += ["if v is None:", *("    " + c for c in absent)]
+            elif present:
+                code += ["if v is not None:", *("    " + c for c in present)]
+        else:
+            code += absent
+        name = f.field
+        if "." in name:
+            parent, _, member = name.partition(".")
+            # the parent's dict exists once any member is set
+            store = [
+                f"if {parent!r} in out:",
+                f"    out[{parent!r}][{member!r}] = v",
+                "else:",
+                f"    out[{parent!r}] = {{{member!r}: v}}",
+            ]
+        else:
+            store = [f"out[{name!r}] = v"]
+        if name in REQUIRED:
+            code += [
+                "if v is None:",
+                f"    return UnmappedRecord(rec, Rejection(MISSING_FIELD, {name!r}, "
+                f"{name + ' from ' + f.described + ': missing'!r}))",
+                *store,
+            ]
+        else:
+            code += ["if v is not None:", *("    " + c for c in store)]
+        body += ["    " + c for c in code]
+    body += [
+        "except Unmappable as exc:",
+        "    f = FIELDS[i]",
+        "    return UnmappedRecord(rec, Rejection(exc.reason, f.field, "
+        "f'{f.field} from {f.described}: {exc}'))",
+        "return out",
+    ]
+    source = "def map_record(rec):\n" + "".join(f"    {line}\n" for line in body)
+    exec(compile(source, f"<input format {fmt.name}>", "exec"), env)
+    mapper: Callable[[Any], Any] = env["map_record"]
+    mapper.source = source  # type: ignore[attr-defined]
+    return mapper
 
 
 # ---- loading and validation -------------------------------------------------------------
@@ -495,7 +680,6 @@ def parse_format(data: bytes, file: str) -> InputFormat:
         tuple(json_strings),
         tuple(skip),
         tuple(fields),
-        tuple(f for f in fields if f.field in REQUIRED),
     )
 
 

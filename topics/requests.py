@@ -403,8 +403,7 @@ def parse_request_record(rec: object) -> RequestEvent | Rejection:
 ORIGIN: Final = "\x00origin"
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
+class Origin(NamedTuple):
     """Where a mapped record came from: the source record, and each field's source path."""
 
     source: Any

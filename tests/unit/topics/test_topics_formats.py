@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from streams.app.routing import Screen, Screened
 from streams.core.rules import load_rules
@@ -449,3 +451,65 @@ def test_otel_genai_span_example_maps_and_fires(tmp_path: Path) -> None:
     assert rules == ["FR-005", "FR-008"]  # three identifications by an unknown account
     summary = orjson.loads(r.stderr.strip().splitlines()[-1])
     assert (summary["events"], summary["skipped"], summary["malformed"]) == (4, 1, 0)
+
+
+# ---- the compiled mapper is the interpreted definition -----------------------------------
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 2**40),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(["", "Audit", "RequestResponse", "x/subscriptions/AB-C/y", "/SUBSCRIPTIONS/"]),
+    st.sampled_from(["2026-11-18T07:05:12.4350000Z", "12", "-3", "٢", "faces/identify", "{}"]),
+    st.text(max_size=8),
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(["modelName", "id", "type", "a", "0"]), inner, max_size=3),
+    ),
+    max_leaves=6,
+)
+_KEYS = [
+    "time", "timeStamp", "resourceId", "operationName", "callerIpAddress", "location",
+    "correlationId", "category", "metricName", "properties", "req", "img", "meta", "kind",
+    "entries", "context", "start_time", "attributes", "resource",
+]  # fmt: skip
+
+
+def _records() -> st.SearchStrategy[dict[str, Any]]:
+    return st.dictionaries(
+        st.sampled_from(_KEYS),
+        st.one_of(
+            _VALUES,
+            _VALUES.map(lambda v: orjson.dumps(v).decode()),  # a string holding JSON
+            st.just('{"modelName": "m", "gallery": {"id": "g", "type": "T"}, "camera": 3'),
+        ),
+        max_size=10,
+    )
+
+
+@pytest.fixture(scope="module")
+def formats(tmp_path_factory: pytest.TempPathFactory) -> list[InputFormat]:
+    acme = tmp_path_factory.mktemp("acme") / "acme.yaml"
+    acme.write_text(ACME_FORMAT)
+    return [
+        f
+        for f in (
+            load_format("azure-resource-log"),
+            load_format(str(acme)),
+            load_format(str(EXAMPLES / "otel-genai-span.yaml")),
+        )
+        if f is not None
+    ]
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rec=_records())
+def test_compiled_mapping_equals_the_interpreted_one(
+    formats: list[InputFormat], rec: dict[str, Any]
+) -> None:
+    for fmt in formats:
+        assert fmt.map_record(rec) == fmt.interpret(rec), fmt.name
