@@ -18,6 +18,7 @@ from streams.core.rules import RuleSet
 from streams.core.state import MemoryWindowStore
 from topics.accounts import AccountDirectory, parse_account_record
 from topics.dlq import Rejection
+from topics.formats import SKIPPED, InputFormat
 from topics.requests import RejectedRecord, decode_request_message
 
 
@@ -30,6 +31,8 @@ class ReplaySummary:
     duplicates: int = 0
     alerts: int = 0
     seconds: float = 0.0
+    #: records that the input format declares not to be requests (SPEC 2.4)
+    skipped: int = 0
 
     def to_json(self) -> str:
         """One JSON line for stderr."""
@@ -37,6 +40,7 @@ class ReplaySummary:
             {
                 "events": self.events,
                 "malformed": self.malformed,
+                "skipped": self.skipped,
                 "duplicates": self.duplicates,
                 "alerts": self.alerts,
                 "seconds": round(self.seconds, 3),
@@ -101,8 +105,12 @@ def replay(
     out: BinaryIO,
     progress: Progress | None = None,
     clock: Callable[[], float] = time.time,
+    input_format: InputFormat | None = None,
 ) -> ReplaySummary:
-    """Run every record of the archives, in order, through one detector; write alerts to `out`."""
+    """Run every record of the archives, in order, through one detector; write alerts to `out`.
+
+    `input_format`: how to map records of another schema (None: frwatch's own, SPEC 2.4).
+    """
     detector = Detector(rules, MemoryWindowStore())
     summary = ReplaySummary()
     started = time.perf_counter()
@@ -111,12 +119,16 @@ def replay(
     observe = detector.observe
     expire = detector.expire
     ticking = progress is not None and progress.enabled
+    decode = decode_request_message if input_format is None else input_format.decode_message
     for path, fh in archives:
         for _, line in iter_lines(path, fh):
-            for rec in decode_request_message(line):
+            for rec in decode(line):
                 summary.events += 1
                 if type(rec) is RejectedRecord:
-                    summary.malformed += 1
+                    if rec is SKIPPED:
+                        summary.skipped += 1
+                    else:
+                        summary.malformed += 1
                     continue
                 obs = observe(EnrichedEvent(rec, get_account(rec.account_id), classification))  # type: ignore[union-attr,arg-type]
                 if obs.duplicate:

@@ -51,6 +51,12 @@ SETTINGS: tuple[tuple[str, str, str, str], ...] = (
         "",
         "rules file (default: the built-in catalog; kafka: follows the rules topic)",
     ),
+    (
+        "input_format",
+        "FRWATCH_INPUT_FORMAT",
+        "frwatch",
+        "input format (SPEC 2.4): frwatch, azure-resource-log or a format file",
+    ),
     ("store", "FRWATCH_STORE", "memory://", "Faust table store (rocksdb:// for production)"),
     (
         "data_dir",
@@ -116,6 +122,8 @@ class Settings:
     instance_id: str | None = None
     topic_exceptions: str = "frwatch.exceptions"
     topic_rules: str = "frwatch.rules"
+    #: a built-in format's name or a format file (docs/input-formats.md)
+    input_format: str = "frwatch"
 
     @property
     def rules_from_kafka(self) -> bool:
@@ -234,6 +242,7 @@ def _validated(raw: Mapping[str, str]) -> Settings:
         kafka_config=raw["kafka_config"].strip() or None,
         data_dir=raw["data_dir"].strip() or None,
         instance_id=instance_id or None,
+        input_format=raw["input_format"].strip() or "frwatch",
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -385,6 +385,8 @@ def parse_request_record(rec: object) -> RequestEvent | Rejection:
     """Validate one decoded record (SPEC 2.1): the event, or why it is malformed."""
     if type(rec) is UnparsedRecord:
         return Rejection(NOT_JSON, None, f"record nested too deep to decode ({rec.detail})")
+    if type(rec) is UnmappedRecord:
+        return rec.rejection
     if type(rec) is not dict:
         return Rejection(NOT_OBJECT, None, f"record must be a JSON object, got {_type_name(rec)}")
     ts_ms = accepted_ts(rec)
@@ -393,7 +395,39 @@ def parse_request_record(rec: object) -> RequestEvent | Rejection:
     try:
         return _validate(rec)
     except _Invalid as exc:
-        return exc.rejection
+        return _traced(rec, exc.rejection)
+
+
+#: the key under which a record mapped from another input format (`topics.formats`) holds
+#: its `Origin`; no JSON value is an `Origin`, so a record sent with this key gains nothing
+ORIGIN: Final = "\x00origin"
+
+
+class Origin(NamedTuple):
+    """Where a mapped record came from: the source record, and each field's source path."""
+
+    source: Any
+    sources: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class UnmappedRecord:
+    """A source record that its input format could not map (a required field is missing...)."""
+
+    source: Any
+    rejection: Rejection
+
+
+def _traced(rec: dict[str, Any], rejection: Rejection) -> Rejection:
+    """A mapped record's rejection names the source path its field came from."""
+    origin = rec.get(ORIGIN)
+    name = rejection.field
+    if type(origin) is not Origin or name is None:
+        return rejection
+    src = origin.sources.get(name) or origin.sources.get(name.partition(".")[0])
+    if src is None:
+        return rejection
+    return Rejection(rejection.reason, name, f"{name} from {src}: {rejection.detail}")
 
 
 def batch_envelope(records: list[bytes]) -> bytes:
@@ -502,7 +536,13 @@ def record_text(rec: object, message: bytes | str, batched: bool) -> str:
     """A record's text as sent (what a dead letter carries): its batch entry, or the message."""
     if type(rec) is UnparsedRecord:
         return rec.text
-    return _record_text(rec, message) if batched else raw_text(message)
+    if not batched:
+        return raw_text(message)
+    if type(rec) is UnmappedRecord:
+        rec = rec.source
+    elif type(rec) is dict and type(origin := rec.get(ORIGIN)) is Origin:
+        rec = origin.source  # what was sent, not what it was mapped to
+    return _record_text(rec, message)
 
 
 def rejected_record(

@@ -44,6 +44,7 @@ from streams.settings import Settings
 from topics.accounts import AccountDirectory, decode_account_message
 from topics.catalog import detect_topic_name, windows_table_name
 from topics.dlq import INTERNAL_ERROR, DeadLetter, Rejection, raw_text
+from topics.formats import InputFormat
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +104,15 @@ def build_app(
     rules: RuleSet,
     forward_limit_bytes: int = MAX_FORWARD_MESSAGE_BYTES,
     rules_data: bytes | None = None,
+    input_format: InputFormat | None = None,
 ) -> Frwatch:
     """Wire the application; nothing connects until a Worker starts it.
 
     `forward_limit_bytes`: the detect topic's `max.message.bytes` (or less), read from the
     broker by the worker: forwards are split below it. `rules_data`: the bytes `rules` was
-    parsed from (kept so that a change can be compared with it).
+    parsed from (kept so that a change can be compared with it). `input_format`: the format
+    `settings.input_format` names, loaded (None: frwatch's own); screening processes load
+    the same one and say so in their hello.
     """
     app = FrwatchApp(
         settings.app_id,
@@ -180,7 +184,7 @@ def build_app(
     detect_topic = app.topic(detect_name, internal=True, partitions=settings.partitions, **raw)
     windows = app.Table(windows_table_name(), default=None, partitions=settings.partitions)
 
-    router = Router(rules, directory, settings.partitions, forward_limit_bytes)
+    router = Router(rules, directory, settings.partitions, forward_limit_bytes, input_format)
     stage = DetectStage(rules, windows, settings.partitions)
     metrics.watch_window_states(stage.store.entries_by_rule)
     in_force = RulesInForce(rules, rules_data or b"")
@@ -208,7 +212,7 @@ def build_app(
             in_force,
             client=client_kwargs(settings),
         )
-    screeners = ScreeningSwitch(settings, rules)
+    screeners = ScreeningSwitch(settings, rules, input_format)
     # input partition -> [highest event time of a valid record read, wall ms of the last read]
     progress: dict[int, list[int]] = {}
     metrics.watch_retention_clock(lambda: min(stage.clocks.values(), default=0), now_ms)
@@ -449,8 +453,11 @@ class ScreeningSwitch:
     screens on, and what it screened is screened again in the worker (`Screened.rules_sha256`).
     """
 
-    def __init__(self, settings: Settings, rules: RuleSet) -> None:
+    def __init__(
+        self, settings: Settings, rules: RuleSet, input_format: InputFormat | None = None
+    ) -> None:
         self.settings = settings
+        self.input_format = input_format
         self.pool: ScreeningPool | None = None
         self.sha256 = rules.sha256
         self._lock = asyncio.Lock()
@@ -463,7 +470,14 @@ class ScreeningSwitch:
             path: str | None = str(rules_snapshot(self.settings.data_path / "rules", rules, data))
         else:
             path = None if self.settings.rules_from_kafka else self.settings.rules
-        return ScreeningPool(self.settings.screening_processes, path, rules.sha256)
+        fmt = self.input_format
+        return ScreeningPool(
+            self.settings.screening_processes,
+            path,
+            rules.sha256,
+            input_format=None if fmt is None else fmt.path,
+            format_sha256="" if fmt is None else fmt.sha256,
+        )
 
     async def start(self, rules: RuleSet, data: bytes) -> ScreeningPool | None:
         """Start the first pool (None: no screening processes, the worker screens itself)."""

@@ -52,7 +52,7 @@ _LAG_BOUNDS_MS = tuple(round(b * 1000) for b in EVENT_LAG_BUCKETS)
 # alert latency: milliseconds to seconds; the SLO line is 0.25 s, the page at 5 s
 ALERT_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-RESULTS = ("processed", "malformed", "rejected", "duplicate", "error")
+RESULTS = ("processed", "malformed", "rejected", "duplicate", "error", "skipped")
 FAUST_PREFIX = "frwatch_faust"
 
 
@@ -136,6 +136,7 @@ class DetectorMetrics(Collector):
         events["malformed"] += routed.malformed
         events["rejected"] += routed.rejected
         events["error"] += routed.error
+        events["skipped"] += routed.skipped
         self.count_enrichment(routed.hits, routed.misses)
         self.observe_lags(routed.event_ts_ms, routed.now_ms)
 

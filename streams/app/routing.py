@@ -18,6 +18,7 @@ from streams.core.engine import RuleIndex, group_key
 from streams.core.rules import RuleSet
 from topics.accounts import AccountDirectory, AccountRecord
 from topics.dlq import FUTURE_TIMESTAMP, INTERNAL_ERROR, DeadLetter, Rejection
+from topics.formats import InputFormat
 from topics.requests import (
     RejectedRecord,
     RequestEvent,
@@ -65,6 +66,8 @@ class Screened:
     #: sha256 of the rules whose gates screened it: after a rules change, a message screened
     #: under the rules before is screened again (SPEC 4.3: a change falls between messages)
     rules_sha256: str = ""
+    #: records that the input format declares not to be requests (SPEC 2.4)
+    skipped: int = 0
 
     def to_wire(self) -> bytes:
         """One JSON array (orjson round-trips the decoded records exactly)."""
@@ -79,15 +82,25 @@ class Screened:
                 self.gated,
                 self.batched,
                 self.rules_sha256,
+                self.skipped,
             ]
         )
 
     @classmethod
     def from_wire(cls, data: bytes) -> Screened:
         """The inverse of `to_wire`."""
-        (malformed, rejected, error, letters, accounts, event_ts_ms, gated, batched, sha) = (
-            orjson.loads(data)
-        )
+        (
+            malformed,
+            rejected,
+            error,
+            letters,
+            accounts,
+            event_ts_ms,
+            gated,
+            batched,
+            sha,
+            skipped,
+        ) = orjson.loads(data)
         return cls(
             [(Rejection(reason, fld, detail), text) for reason, fld, detail, text in letters],
             malformed,
@@ -98,13 +111,16 @@ class Screened:
             [(rec, ts) for rec, ts in gated],
             batched,
             sha,
+            skipped,
         )
 
 
 class Screen:
     """Decode, validate, classify and gate the records of one message: pure, no directory."""
 
-    def __init__(self, rules: RuleSet) -> None:
+    def __init__(self, rules: RuleSet, input_format: InputFormat | None = None) -> None:
+        """`input_format`: how to map input of another schema (None: frwatch's own)."""
+        self.input_format = input_format
         self.index = RuleIndex(rules.rules)
         self.rules_sha256 = rules.sha256
         self.classification = rules.classification
@@ -118,12 +134,16 @@ class Screen:
         out = Screened(rules_sha256=self.rules_sha256)
         letters = out.letters
         message = value if value is not None else b""
-        found = request_records(message)
+        mapping = self.input_format
+        found = request_records(message) if mapping is None else mapping.request_records(message)
         if type(found) is RejectedRecord:
             out.malformed = 1
             letters.append((found.rejection, found.raw))
             return out
-        records, batched = found  # type: ignore[misc]
+        if mapping is None:
+            records, batched = found  # type: ignore[misc]
+        else:
+            records, batched, out.skipped = found  # type: ignore[misc]
         out.batched = batched
         future_limit = now_ms + FUTURE_TOLERANCE_MS
         admitting = self.index.admitting
@@ -205,6 +225,7 @@ class Routed:
     malformed: int = 0
     rejected: int = 0
     error: int = 0
+    skipped: int = 0
     hits: int = 0
     misses: int = 0
     #: event times (epoch ms) of the records counted in `hits`/`misses`, and the wall clock
@@ -222,6 +243,7 @@ class Router:
         directory: AccountDirectory,
         partitions: int,
         max_message_bytes: int = MAX_FORWARD_MESSAGE_BYTES,
+        input_format: InputFormat | None = None,
     ) -> None:
         """`max_message_bytes`: the detect topic's `max.message.bytes` (or less).
 
@@ -233,6 +255,7 @@ class Router:
         self.directory = directory
         self.partitions = partitions
         self.max_value_bytes = max_message_bytes - MESSAGE_OVERHEAD_BYTES
+        self.input_format = input_format
         self.set_rules(rules)
 
     def set_rules(self, rules: RuleSet) -> None:
@@ -241,7 +264,7 @@ class Router:
             (tag, RuleIndex(tuple(r for r in rules.rules if r.group_by == scope)))
             for scope, tag in SCOPES
         )
-        self.screen = Screen(rules)
+        self.screen = Screen(rules, self.input_format)
         self.classification = rules.classification
 
     def route(
@@ -282,6 +305,7 @@ class Router:
             malformed=screened.malformed,
             rejected=screened.rejected,
             error=screened.error,
+            skipped=screened.skipped,
             event_ts_ms=screened.event_ts_ms,
             now_ms=now_ms,
         )

@@ -9,7 +9,8 @@ Wire, over a socket pair per process, in order:
 - worker -> process: `REQUEST` (value length, -1 for no value; the wall clock in epoch ms),
   then the value;
 - process -> worker: `RESPONSE` (status, payload length), then the payload: `HELLO` with the
-  sha256 of the rules the process loaded, `SCREENED` with `Screened.to_wire()`, `FAILED` with
+  sha256 of the rules the process loaded (and, after a space, of its input format when it
+  maps one: `hello_text`), `SCREENED` with `Screened.to_wire()`, `FAILED` with
   the error text of a message that screening raised on.
 
 A process that dies is started again and given every message it had not answered, in order.
@@ -35,6 +36,7 @@ from typing import Final
 
 from streams.app.routing import Screen, Screened
 from streams.core.rules import RulesError, load_rules
+from topics.formats import FormatError, describe_problem, load_format
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,8 @@ HELLO: Final = 0
 SCREENED: Final = 1
 FAILED: Final = 2
 
-#: how a screening process is started (its socket's descriptor and the rules file follow)
+#: how a screening process is started (its socket's descriptor, the rules file and the input
+#: format follow)
 COMMAND: Final = (sys.executable, "-m", "streams.app.screening")
 RETRIES: Final = 3
 RESTART_DELAY_S: Final = 0.5
@@ -68,10 +71,15 @@ def request_frame(value: bytes | None, now_ms: int) -> tuple[bytes, ...]:
     return (REQUEST.pack(len(value), now_ms), value)
 
 
-def serve(sock: socket.socket, screen: Screen, rules_sha256: str) -> None:
+def hello_text(rules_sha256: str, format_sha256: str = "") -> str:
+    """What a screening process says it loaded: the rules' sha256, and its format's."""
+    return f"{rules_sha256} {format_sha256}" if format_sha256 else rules_sha256
+
+
+def serve(sock: socket.socket, screen: Screen, hello_says: str) -> None:
     """A screening process's loop: answer each message in order until the worker hangs up."""
     reader = sock.makefile("rb", buffering=1 << 20)
-    hello = rules_sha256.encode()
+    hello = hello_says.encode()
     sock.sendall(RESPONSE.pack(HELLO, len(hello)) + hello)
     while True:
         head = reader.read(REQUEST.size)
@@ -89,7 +97,7 @@ def serve(sock: socket.socket, screen: Screen, rules_sha256: str) -> None:
 
 
 def main(argv: list[str], screen_type: type[Screen] = Screen) -> int:
-    """`python -m streams.app.screening FD [RULES]`: serve the worker on socket FD."""
+    """`python -m streams.app.screening FD [RULES [FORMAT]]`: serve the worker on socket FD."""
     # a Ctrl-C at the terminal is the worker's to handle: this process ends when it hangs up
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[0]))
@@ -98,8 +106,15 @@ def main(argv: list[str], screen_type: type[Screen] = Screen) -> int:
     except RulesError as exc:
         print(f"frwatch screening: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        # the worker's own mapping code and file (SPEC 2.4): live equals replay
+        input_format = load_format(argv[2] if len(argv) > 2 and argv[2] else None)
+    except FormatError as exc:
+        print(f"frwatch screening: error: {describe_problem(exc)}", file=sys.stderr)
+        return 2
+    says = hello_text(rules.sha256, "" if input_format is None else input_format.sha256)
     with contextlib.suppress(BrokenPipeError, ConnectionResetError, KeyboardInterrupt):
-        serve(sock, screen_type(rules), rules.sha256)
+        serve(sock, screen_type(rules, input_format), says)
     return 0
 
 
@@ -121,10 +136,15 @@ class ScreeningProcess:
         rules_sha256: str,
         name: str,
         command: Sequence[str] = COMMAND,
+        input_format: str | None = None,
+        format_sha256: str = "",
     ) -> None:
+        """`input_format`: the format file or built-in name, `format_sha256` its sha256."""
         self.command = tuple(command)
         self.rules_path = rules_path
         self.rules_sha256 = rules_sha256
+        self.input_format = input_format
+        self.hello = hello_text(rules_sha256, format_sha256)
         self.name = name
         self.pending: collections.deque[_Pending] = collections.deque()
         self.starts = 0
@@ -187,7 +207,12 @@ class ScreeningProcess:
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
         try:
             self._proc = subprocess.Popen(
-                [*self.command, str(theirs.fileno()), self.rules_path or ""],
+                [
+                    *self.command,
+                    str(theirs.fileno()),
+                    self.rules_path or "",
+                    *([self.input_format] if self.input_format else []),
+                ],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
@@ -204,11 +229,11 @@ class ScreeningProcess:
             writer.close()
             await self._end_process()
             raise ScreeningUnavailable(f"{self.name}: no hello ({exc!r})") from exc
-        if status != HELLO or payload != self.rules_sha256.encode():
+        if status != HELLO or payload != self.hello.encode():
             writer.close()
             await self._end_process()
             raise ScreeningUnavailable(
-                f"{self.name}: loaded other rules than the worker ({payload[:80]!r})"
+                f"{self.name}: loaded other rules or another input format than the worker ({payload[:80]!r})"
             )
         log.info("%s started (pid %s)", self.name, self.pid)
         return reader, writer
@@ -305,10 +330,17 @@ class ScreeningPool:
         rules_path: str | None,
         rules_sha256: str,
         command: Sequence[str] = COMMAND,
+        input_format: str | None = None,
+        format_sha256: str = "",
     ) -> None:
         self.members = [
             ScreeningProcess(
-                rules_path, rules_sha256, f"screening process {i + 1}/{processes}", command
+                rules_path,
+                rules_sha256,
+                f"screening process {i + 1}/{processes}",
+                command,
+                input_format,
+                format_sha256,
             )
             for i in range(processes)
         ]

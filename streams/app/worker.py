@@ -27,6 +27,7 @@ from streams.kafkaio import (
 )
 from streams.settings import Settings
 from topics.catalog import detect_topic_name
+from topics.formats import FormatError, describe_problem, load_format
 
 # fetch responses (up to FETCH_BYTES per partition) are mmapped and given back when freed;
 # socket reads (256 KiB) and messages stay on the heap, reused without a system call
@@ -108,6 +109,11 @@ def run_worker(settings: Settings, loglevel: str) -> int:
         for problem in exc.problems:
             print(f"frwatch worker: error: {problem}", file=sys.stderr)
         return 2
+    try:
+        input_format = load_format(settings.input_format)
+    except FormatError as exc:
+        print(f"frwatch worker: error: {describe_problem(exc)}", file=sys.stderr)
+        return 2
     topics = settings.topics()
     needed = [topics[role] for role in ("requests", "accounts", "alerts", "dlq")]
     if settings.rules_from_kafka:
@@ -123,7 +129,7 @@ def run_worker(settings: Settings, loglevel: str) -> int:
         print(f"frwatch worker: error: {exc}", file=sys.stderr)
         return 2
     pin_mmap_threshold(MMAP_THRESHOLD)  # before the first fetch buffer
-    fw = build_app(settings, rules, forward_limit(limit), data)
+    fw = build_app(settings, rules, forward_limit(limit), data, input_format)
     # the feeds and the delivery start before the app, so accounts (and rules) are caught up
     # before any request is processed; they stop after it (mode stops services in reverse)
     worker = FrwatchWorker(fw.app, *fw.services(), loglevel=loglevel, quiet=True)

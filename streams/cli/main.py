@@ -81,6 +81,12 @@ def build_parser() -> OneLineParser:
     r.add_argument(
         "--rules", metavar="FILE", help="rules file [env FRWATCH_RULES, default built-in]"
     )
+    r.add_argument(
+        "--input-format",
+        metavar="F",
+        help="input format: frwatch, azure-resource-log or a format file"
+        " [env FRWATCH_INPUT_FORMAT, default frwatch]",
+    )
     r.add_argument("--out", metavar="FILE", help="write alerts here (default stdout)")
     r.add_argument("archives", nargs="+", metavar="ARCHIVE", help="JSON-lines file, .gz, or -")
 

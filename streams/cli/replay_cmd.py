@@ -11,6 +11,7 @@ from streams.archive import ArchiveError
 from streams.core.rules import RulesError, load_rules
 from streams.replay import load_accounts, open_all, replay, stderr_progress
 from topics.accounts import AccountDirectory
+from topics.formats import FormatError, describe_problem, load_format
 
 EXIT_USAGE = 2
 
@@ -26,6 +27,12 @@ def run_replay(args: argparse.Namespace) -> int:
         rules = load_rules(args.rules or os.environ.get("FRWATCH_RULES") or None)
     except RulesError as exc:
         return _fail(str(exc))
+    try:
+        input_format = load_format(
+            args.input_format or os.environ.get("FRWATCH_INPUT_FORMAT") or None
+        )
+    except FormatError as exc:
+        return _fail(describe_problem(exc))
     try:
         archives = open_all(args.archives)
         accounts = (
@@ -44,7 +51,9 @@ def run_replay(args: argparse.Namespace) -> int:
     else:
         out = sys.stdout.buffer
     try:
-        summary = replay(archives, rules, accounts, out, stderr_progress())
+        summary = replay(
+            archives, rules, accounts, out, stderr_progress(), input_format=input_format
+        )
     except ArchiveError as exc:
         return _fail(str(exc))
     except BrokenPipeError:

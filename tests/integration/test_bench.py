@@ -22,6 +22,7 @@ KEYS = [
     "ratio",
     "alert_latency_ms",
     "replay_eps",
+    "replay_azure_eps",
 ]
 
 
@@ -45,7 +46,13 @@ def test_bench_measures_every_path_and_cleans_up(
     result = orjson.loads(done.stdout.splitlines()[-1])
     assert list(result) == KEYS
     assert result["batch"] == batch
-    for key in ("raw_consume_eps", "faust_floor_eps", "detector_eps", "replay_eps"):
+    for key in (
+        "raw_consume_eps",
+        "faust_floor_eps",
+        "detector_eps",
+        "replay_eps",
+        "replay_azure_eps",
+    ):
         assert result[key] > 0, key
     assert result["ratio"] == pytest.approx(
         result["detector_eps"] / result["raw_consume_eps"], abs=0.002

@@ -60,3 +60,11 @@ def test_the_app_gets_the_data_directory_and_the_instance_id(
     assert Path(fw.app.conf.datadir) == tmp_path / "d"
     assert fw.app.conf.consumer_group_instance_id == "w-1"
     assert str(fw.app.conf.store) == "rocksdb:"
+
+
+def test_input_format_setting() -> None:
+    """FRWATCH_INPUT_FORMAT (SPEC 6): frwatch by default; flags override it."""
+    assert settings_from_env({}).input_format == "frwatch"
+    env = {"FRWATCH_INPUT_FORMAT": " azure-resource-log "}
+    assert settings_from_env(env).input_format == "azure-resource-log"
+    assert settings_from_env(env, {"input_format": "/etc/f.yaml"}).input_format == "/etc/f.yaml"

@@ -85,7 +85,7 @@ def test_every_spec_metric_is_exposed_with_its_type() -> None:
 def test_zeros_are_pre_filled_with_the_spec_labels() -> None:
     registry, _ = fresh()
     got = samples(scrape(registry))
-    assert RESULTS == ("processed", "malformed", "rejected", "duplicate", "error")
+    assert RESULTS == ("processed", "malformed", "rejected", "duplicate", "error", "skipped")
     for result in RESULTS:
         assert got[("frwatch_events_total", (("result", result),))] == 0
     for result in ("hit", "miss"):
@@ -105,6 +105,7 @@ def test_counters_add_up() -> None:
     registry, m = fresh()
     m.count_results({"processed": 3, "malformed": 1})
     m.count_results({"processed": 2, "rejected": 4, "duplicate": 5, "error": 6})
+    m.count_routed(Routed(skipped=3, processed=1))
     m.count_enrichment(7, 2)
     m.count_enrichment(1, 0)
     m.rule_matches["FR-004"] += 9
@@ -112,7 +113,8 @@ def test_counters_add_up() -> None:
     m.count_alert("FR-004", 0.02)
     m.count_alert("FR-008", 7.0)
     text = scrape(registry)
-    assert value(text, "frwatch_events_total", result="processed") == 5
+    assert value(text, "frwatch_events_total", result="processed") == 6
+    assert value(text, "frwatch_events_total", result="skipped") == 3
     assert value(text, "frwatch_events_total", result="malformed") == 1
     assert value(text, "frwatch_events_total", result="rejected") == 4
     assert value(text, "frwatch_events_total", result="duplicate") == 5

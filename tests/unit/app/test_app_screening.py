@@ -34,6 +34,7 @@ from streams.app.screening import (
 )
 from streams.core.rules import load_rules
 from streams.synthetic import DEFAULT_START_MS, demo_traffic
+from topics.formats import load_format
 
 RULES = load_rules()
 NOW = DEFAULT_START_MS + 3_600_000
@@ -230,3 +231,42 @@ def test_a_process_ends_by_itself_when_the_worker_hangs_up() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+AZURE_SAMPLES = Path(__file__).parents[1] / "topics" / "fixtures" / "azure"
+
+
+def test_processes_map_the_workers_input_format() -> None:
+    """FRWATCH_INPUT_FORMAT reaches the processes: same mapping, same letters, same skips."""
+    azure = load_format("azure-resource-log")
+    assert azure is not None
+    values = [
+        *(AZURE_SAMPLES / "face-eventhub.jsonl").read_bytes().splitlines(),
+        *(AZURE_SAMPLES / "malformed.jsonl").read_bytes().splitlines(),
+    ]
+
+    async def main() -> None:
+        pool = ScreeningPool(
+            1, None, RULES.sha256, input_format=azure.path, format_sha256=azure.sha256
+        )
+        await pool.start()
+        try:
+            got = [await pool.submit(v, NOW) for v in values]
+        finally:
+            await pool.stop()
+        assert got == [Screen(RULES, azure).screen(v, NOW) for v in values]
+        assert [s.skipped for s in got] == [1, 1, 1, 0]
+        assert got[-1].malformed == 3 and got[0].gated
+
+    run(main)
+
+
+def test_a_process_with_another_input_format_is_refused(tmp_path: Path) -> None:
+    async def main() -> None:
+        pool = ScreeningPool(
+            1, None, RULES.sha256, input_format="azure-resource-log", format_sha256="0" * 64
+        )
+        with pytest.raises(ScreeningUnavailable, match="another input format"):
+            await pool.start()
+
+    run(main)

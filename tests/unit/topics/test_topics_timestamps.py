@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from topics.timestamps import MAX_TS_MS, TimestampError, format_ms, parse_rfc3339_ms
+from topics.timestamps import (
+    MAX_TS_MS,
+    TimestampError,
+    format_ms,
+    parse_rfc3339_general_ms,
+    parse_rfc3339_ms,
+)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
@@ -190,3 +197,23 @@ def test_offsets() -> None:
     assert parse_rfc3339_ms("2026-11-18T07:00:00-00:00") == utc
     assert parse_rfc3339_ms("2026-11-19T06:59:00+23:59") == utc
     assert parse_rfc3339_ms("1970-01-01T00:00:00+00:01") == -60_000
+
+
+def _outcome(parse: Any, text: str) -> tuple[str, Any]:
+    try:
+        return ("ms", parse(text))
+    except TimestampError as exc:
+        return (exc.kind, None)
+
+
+@given(
+    st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(9999, 12, 31)),
+    st.sampled_from(["T", "t"]),
+    st.text(alphabet="0123456789.:Zz+-٢ ", max_size=12),
+)
+def test_the_fast_path_agrees_with_the_regex(when: datetime, t: str, tail: str) -> None:
+    """A minute seen before takes the fast path; whatever follows, both parse it alike."""
+    minute = when.strftime(f"%Y-%m-%d{t}%H:%M")
+    parse_rfc3339_ms(minute + ":00Z")  # now the fast path knows the minute
+    for text in (minute + tail, minute + ":" + tail, minute + ":59" + tail):
+        assert _outcome(parse_rfc3339_ms, text) == _outcome(parse_rfc3339_general_ms, text)
