@@ -513,3 +513,22 @@ def test_compiled_mapping_equals_the_interpreted_one(
 ) -> None:
     for fmt in formats:
         assert fmt.map_record(rec) == fmt.interpret(rec), fmt.name
+
+
+def test_worker_refuses_a_bad_input_format_before_connecting(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRWATCH_")}
+    env |= {"FRWATCH_BROKER": "127.0.0.1:1", "FRWATCH_INPUT_FORMAT": str(tmp_path / "no.yaml")}
+    r = subprocess.run(
+        [sys.executable, "-m", "streams.cli.main", "worker"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"frwatch worker: error: {tmp_path / 'no.yaml'}: cannot read: No such file or directory"
+        " (built-in formats: frwatch, azure-resource-log)"
+    ]
