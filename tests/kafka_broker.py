@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -161,6 +162,21 @@ def broker_script(run_dir: Path | str, command: str, *flags: str) -> str:
             f"exit {proc.returncode}\n{proc.stderr}"
         )
     return proc.stdout
+
+
+def printed_acl_args(line: str) -> list[str]:
+    """The arguments of one `kafka-acls.sh ...` line that `frwatch acls` prints, without its
+    --bootstrap-server and --command-config (the broker wrapper brings its own)."""
+    args: list[str] = []
+    skip = False
+    for w in shlex.split(line)[1:]:
+        if skip:
+            skip = False
+        elif w in ("--bootstrap-server", "--command-config"):
+            skip = True
+        else:
+            args.append(w)
+    return args
 
 
 def kafka_acls(run_dir: Path | str, args: list[str]) -> subprocess.CompletedProcess[str]:

@@ -7,14 +7,13 @@ is for the app id `frwatch`, and other tests grant on their own unique names.
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import SecureKafka
-from kafka_broker import kafka_acls
+from kafka_broker import kafka_acls, printed_acl_args
 from scenarios import scenario_archive
 from test_secure_broker import alert_ids_on_topic_as, secure_env
 from worker_harness import Worker, free_port, frwatch, wait_for
@@ -49,14 +48,7 @@ def printed_grants(env: dict[str, str], name: str) -> dict[str, list[str]]:
     for line in out:
         if not line.startswith("kafka-acls.sh "):
             continue
-        words, args, skip = shlex.split(line)[1:], [], False
-        for w in words:  # the broker wrapper brings its own bootstrap and admin config
-            if skip:
-                skip = False
-            elif w in ("--bootstrap-server", "--command-config"):
-                skip = True
-            else:
-                args.append(w)
+        args = printed_acl_args(line)
         ops = [args[i + 1] for i, w in enumerate(args) if w == "--operation"]
         kind = "topic" if "--topic" in args else "group"
         resource = args[args.index(f"--{kind}") + 1].replace(name, "APP")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import shutil
 import socket
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 from conftest import SecureKafka
-from kafka_broker import kafka_acls
+from kafka_broker import kafka_acls, printed_acl_args
 from scenarios import scenario_archive
 from worker_harness import (
     REPO,
@@ -59,16 +58,7 @@ def grant(kafka: SecureKafka, env: dict[str, str], *flags: str) -> list[str]:
     commands = [line for line in printed if line.startswith("kafka-acls.sh ")]
     assert commands
     for line in commands:
-        words = shlex.split(line)[1:]
-        args, skip = [], False
-        for w in words:  # the broker wrapper brings its own bootstrap and admin config
-            if skip:
-                skip = False
-            elif w in ("--bootstrap-server", "--command-config"):
-                skip = True
-            else:
-                args.append(w)
-        kafka_acls(kafka.run_dir, args)
+        kafka_acls(kafka.run_dir, printed_acl_args(line))
     return commands
 
 
