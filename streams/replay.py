@@ -11,7 +11,7 @@ from typing import BinaryIO, TextIO
 import orjson
 
 from streams import __version__
-from streams.archive import iter_lines, open_archive
+from streams.archive import expand_archives, iter_lines, open_archive
 from streams.core.classify import EnrichedEvent
 from streams.core.engine import Detector
 from streams.core.rules import RuleSet
@@ -148,10 +148,13 @@ def replay(
 
 
 def open_all(paths: list[str]) -> list[tuple[str, BinaryIO]]:
-    """Open every archive before processing starts, so a bad path fails before any output."""
+    """Open every archive before processing starts, so a bad path fails before any output.
+
+    An archive directory stands for its files, in the archive's order (streams.archive).
+    """
     if paths.count("-") > 1:
         raise ValueError("stdin (-) may be named once")
-    return [(p, open_archive(p)) for p in paths]
+    return expand_archives(paths)
 
 
 def stderr_progress() -> Progress:
