@@ -121,7 +121,7 @@ def test_temp_files_of_dead_writers_are_removed_at_start(tmp_path: Path) -> None
 def test_an_archive_of_another_topic_is_refused(tmp_path: Path) -> None:
     writer(tmp_path / "a")
     other = ArchiveWriter(ArchiveConfig(root=tmp_path / "a", topic="other"), Clock())
-    with pytest.raises(ArchiveError, match=r"archives topic 'api\\.requests', not 'other'"):
+    with pytest.raises(ArchiveError, match=r"archives topic 'api\.requests', not 'other'"):
         other.prepare()
 
 
