@@ -184,7 +184,14 @@ def build_app(
     detect_topic = app.topic(detect_name, internal=True, partitions=settings.partitions, **raw)
     windows = app.Table(windows_table_name(), default=None, partitions=settings.partitions)
 
-    router = Router(rules, directory, settings.partitions, forward_limit_bytes, input_format)
+    router = Router(
+        rules,
+        directory,
+        settings.partitions,
+        forward_limit_bytes,
+        input_format,
+        check_future=not settings.replay_mode,
+    )
     stage = DetectStage(rules, windows, settings.partitions)
     metrics.watch_window_states(stage.store.entries_by_rule)
     in_force = RulesInForce(rules, rules_data or b"")
@@ -387,7 +394,7 @@ def build_app(
                     [
                         delivery.send(
                             settings.topic_alerts,
-                            a.to_json("live", detected_at, __version__),
+                            a.to_json(settings.mode, detected_at, __version__),
                             a.alert_id.encode(),
                         )
                         for a, _ in out.alerts
@@ -477,6 +484,7 @@ class ScreeningSwitch:
             rules.sha256,
             input_format=None if fmt is None else fmt.path,
             format_sha256="" if fmt is None else fmt.sha256,
+            mode=self.settings.mode,
         )
 
     async def start(self, rules: RuleSet, data: bytes) -> ScreeningPool | None:

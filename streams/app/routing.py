@@ -30,6 +30,8 @@ from topics.requests import (
 )
 
 FUTURE_TOLERANCE_MS = 5 * 60_000
+#: above every accepted ts (SPEC 2.1 bounds them): the limit of a worker in replay mode
+NO_FUTURE_LIMIT = 2**63 - 1
 #: the default bound of one message to the detect topic (its max.message.bytes is larger)
 MAX_FORWARD_MESSAGE_BYTES = 512 * 1024
 #: room left in a message for Kafka's record-batch framing, key and headers
@@ -118,9 +120,16 @@ class Screened:
 class Screen:
     """Decode, validate, classify and gate the records of one message: pure, no directory."""
 
-    def __init__(self, rules: RuleSet, input_format: InputFormat | None = None) -> None:
-        """`input_format`: how to map input of another schema (None: frwatch's own)."""
+    def __init__(
+        self, rules: RuleSet, input_format: InputFormat | None = None, check_future: bool = True
+    ) -> None:
+        """`input_format`: how to map input of another schema (None: frwatch's own).
+
+        `check_future` false (FRWATCH_MODE=replay): no record is rejected for a ts ahead of
+        the wall clock, since an archive's time is not the wall clock's (SPEC 2.3, 6).
+        """
         self.input_format = input_format
+        self.check_future = check_future
         self.index = RuleIndex(rules.rules)
         self.rules_sha256 = rules.sha256
         self.classification = rules.classification
@@ -145,7 +154,7 @@ class Screen:
         else:
             records, batched, out.skipped = found  # type: ignore[misc]
         out.batched = batched
-        future_limit = now_ms + FUTURE_TOLERANCE_MS
+        future_limit = now_ms + FUTURE_TOLERANCE_MS if self.check_future else NO_FUTURE_LIMIT
         admitting = self.index.admitting
         gates = self.index.cached  # admitting's answers, looked up without a call
         classification = self.classification
@@ -244,6 +253,7 @@ class Router:
         partitions: int,
         max_message_bytes: int = MAX_FORWARD_MESSAGE_BYTES,
         input_format: InputFormat | None = None,
+        check_future: bool = True,
     ) -> None:
         """`max_message_bytes`: the detect topic's `max.message.bytes` (or less).
 
@@ -256,6 +266,7 @@ class Router:
         self.partitions = partitions
         self.max_value_bytes = max_message_bytes - MESSAGE_OVERHEAD_BYTES
         self.input_format = input_format
+        self.check_future = check_future  # false in replay mode (Screen)
         self.set_rules(rules)
 
     def set_rules(self, rules: RuleSet) -> None:
@@ -264,7 +275,7 @@ class Router:
             (tag, RuleIndex(tuple(r for r in rules.rules if r.group_by == scope)))
             for scope, tag in SCOPES
         )
-        self.screen = Screen(rules, self.input_format)
+        self.screen = Screen(rules, self.input_format, self.check_future)
         self.classification = rules.classification
 
     def route(
