@@ -328,7 +328,7 @@ def test_a_replay_mode_worker_equals_offline_replay_of_the_archive(
     ]
     write_jsonl(tmp_path / "future.jsonl", future)
     frwatch(["publish", str(events), str(tmp_path / "future.jsonl")], env)
-    produce(kafka_bootstrap, env["FRWATCH_TOPIC_REQUESTS"], [(None, v) for v in UNSAFE_VALUES])
+    produce(kafka_bootstrap, env["FRWATCH_TOPIC_REQUESTS"], [(b"acct-x", v) for v in UNSAFE_VALUES])
     root = tmp_path / "archive"
     archiver = Archiver(env, tmp_path / "a", root).start_with("--max-file-seconds", "1")
     try:
