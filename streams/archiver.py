@@ -24,7 +24,13 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    disable_created_metrics,
+    start_http_server,
+)
 
 from streams.archive_writer import ArchiveConfig, ArchiveWriter
 from streams.cli.acls import archive_group
@@ -317,6 +323,7 @@ class MetricsAddressError(OSError):
 
 def serve_metrics(settings: Settings) -> ArchiveMetrics:
     """The archiver's /metrics on FRWATCH_WEB_BIND:FRWATCH_WEB_PORT."""
+    disable_created_metrics()  # as the worker: no `_created` series
     registry = CollectorRegistry()
     metrics = ArchiveMetrics(registry)
     try:

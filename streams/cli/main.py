@@ -160,7 +160,12 @@ def build_parser() -> OneLineParser:
         help="stop (exit 2, saying how far it got) after this long without an "
         "acknowledgement from Kafka (default 60)",
     )
-    pub.add_argument("archives", nargs="+", metavar="ARCHIVE")
+    pub.add_argument(
+        "archives",
+        nargs="+",
+        metavar="ARCHIVE",
+        help="JSON-lines file, .gz, -, or a directory written by frwatch archive",
+    )
     _settings_flags(pub, KAFKA)
 
     arc = sub.add_parser(
