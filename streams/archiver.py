@@ -323,7 +323,7 @@ class MetricsAddressError(OSError):
 
 def serve_metrics(settings: Settings) -> ArchiveMetrics:
     """The archiver's /metrics on FRWATCH_WEB_BIND:FRWATCH_WEB_PORT."""
-    disable_created_metrics()  # as the worker: no `_created` series
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # as the worker: no `_created`
     registry = CollectorRegistry()
     metrics = ArchiveMetrics(registry)
     try:
