@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from streams.archive import ArchiveError
-from streams.archive_writer import ArchiveConfig
+from streams.archive_writer import ArchiveConfig, ArchiveWriter
 from streams.cli.acls import archive_group
 from streams.kafkaio import KafkaAccessError, check_group, check_login, check_topics
 from streams.settings import Settings
@@ -46,6 +46,10 @@ def run_archive(args: argparse.Namespace, settings: Settings) -> int:
     try:
         config = archive_config(args, settings)
     except ValueError as exc:
+        return _fail(str(exc))
+    try:  # a directory that cannot be the archive: said before connecting
+        ArchiveWriter(config).prepare()
+    except ArchiveError as exc:
         return _fail(str(exc))
 
     async def checks() -> None:
