@@ -159,6 +159,7 @@ class ArchiveWriter:
         Returns how many files were removed."""
         removed = 0
         for hour_dir in self._hour_dirs():
+            touched = False
             for name in os.listdir(hour_dir):
                 parsed = parse_file_name(name)
                 temp = parse_temp_name(name)
@@ -168,7 +169,9 @@ class ArchiveWriter:
                 if stale:
                     (hour_dir / name).unlink(missing_ok=True)
                     removed += parsed is not None
-            fsync_dir(hour_dir)
+                    touched = True
+            if touched:
+                fsync_dir(hour_dir)
         if removed:
             log.warning(
                 "partition %d: removed %d file(s) at or after offset %d: complete, but their "
