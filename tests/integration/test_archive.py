@@ -164,7 +164,7 @@ def temp_files(root: Path) -> list[Path]:
 
 def plant_uncommitted_file(
     bootstrap: str, env: dict[str, str], root: Path, messages: dict[int, list[Any]]
-) -> str:
+) -> tuple[int, str]:
     """What a crash between a file's rename and its commit leaves: a complete file at the
     committed offset of a partition, and a temp file after it. The next run must remove both
     before it writes that partition again, whatever offsets it cuts its files at."""
@@ -189,13 +189,19 @@ def plant_uncommitted_file(
         if len(rest) < 10:
             continue
         hour = hour_of(rest[0][2])
-        same_hour = [r for r in rest if hour_of(r[2]) == hour][:7]
+        same_hour = [r for r in rest if hour_of(r[2]) == hour][:9]
         d = root / hour_dir_name(hour)
         d.mkdir(exist_ok=True)
-        with gzip.open(d / file_name(p, start), "wb") as fh:
-            fh.write(b"".join(escape_value(v) + b"\n" for _, v, _ in same_hour))
+        # two complete files (the second is the trap: a restart that cuts its first file
+        # longer than 3 messages overlaps it), then the temp file of a third
+        for first, rows_of_file in ((start, same_hour[:3]), (start + 3, same_hour[3:])):
+            with gzip.open(d / file_name(p, first), "wb") as fh:
+                fh.write(b"".join(escape_value(v) + b"\n" for _, v, _ in rows_of_file))
         (d / temp_name(p, start + len(same_hour), 999_999)).write_bytes(b"\x1f\x8bpartial")
-        return f"partition {p} at offset {start} ({len(same_hour)} messages)"
+        return (
+            p,
+            f"partition {p}: files at offsets {start} and {start + 3} ({len(same_hour)} messages)",
+        )
     raise AssertionError("no partition with messages left to archive")
 
 
@@ -247,15 +253,21 @@ def test_archive_survives_kill_9_twice_and_replays_as_the_worker_saw_it(
         wait_for(lambda: archiver.files() >= 1, 60, "a first archive file", archiver)
         kills.append(kill_mid_stream(archiver, kafka_bootstrap, env, parts[1], unique_name))
         # the trap: a complete file whose offsets were never committed
-        planted = plant_uncommitted_file(
+        planted, where = plant_uncommitted_file(
             kafka_bootstrap, env, root, topic_by_offset(kafka_bootstrap, topic)
         )
-        kills.append(f"planted an uncommitted file: {planted}")
+        kills.append(f"planted complete, uncommitted files: {where}")
 
         archiver = Archiver(env, tmp_path / "a", root).start_with(
             "--max-file-bytes", "25000", "--max-file-seconds", "1"
         )
         wait_for(lambda: archiver.files() >= 1, 60, "a file after the first restart", archiver)
+        wait_for(
+            lambda: f"partition {planted}: removed" in archiver.log_path.read_text(),
+            60,
+            "the planted files removed",
+            archiver,
+        )
         assert archiver.metric("frwatch_archive_files_removed_total", reason="restart") >= 1
         kills.append(kill_mid_stream(archiver, kafka_bootstrap, env, parts[2], unique_name))
         published = topic_end(kafka_bootstrap, topic)
