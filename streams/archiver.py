@@ -67,6 +67,11 @@ class ArchiveMetrics:
             "Messages written to complete archive files",
             registry=registry,
         )
+        self.read = Counter(
+            "frwatch_archive_read_total",
+            "Messages read from the topic into archive files (complete or still open)",
+            registry=registry,
+        )
         self.bytes = Counter(
             "frwatch_archive_bytes_total",
             "Bytes of message values written to complete archive files",
@@ -187,6 +192,7 @@ class Archiver:
                         self.committed.setdefault(p, records[0].offset)
                     for r in records:
                         add(p, r.offset, r.timestamp, r.value)
+                    self.metrics.read.inc(len(records))
                 self.writer.flush()
                 self.writer.complete_due()
                 await self._commit()

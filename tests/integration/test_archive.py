@@ -395,3 +395,41 @@ def test_a_replay_mode_worker_equals_offline_replay_of_the_archive(
         f"\nreplay mode: {summary['events']} records, {len(expected)} alerts "
         f"({len(in_future)} in windows ahead of the wall clock)"
     )
+
+
+def test_sigterm_completes_the_open_files_and_commits_them(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    """With files that would stay open for an hour, a SIGTERM still leaves every message read
+    in a complete, committed file, and exit 0."""
+    env, _, events = prepared_topics(kafka_bootstrap, unique_name, tmp_path, hours=1)
+    topic = env["FRWATCH_TOPIC_REQUESTS"]
+    frwatch(["publish", str(events)], env)
+    published = topic_end(kafka_bootstrap, topic)
+    root = tmp_path / "archive"
+    archiver = Archiver(env, tmp_path / "a", root).start_with("--max-file-seconds", "3600")
+    try:
+        # every partition's messages read into an open file: the lag gauge says how many
+        # are not committed yet, the age gauge that a file is open
+        wait_for(
+            lambda: (
+                archiver.metric("frwatch_archive_lag_seconds") > 0
+                and archiver.metric("frwatch_archive_lag_messages") == published
+            ),
+            60,
+            "the topic read into open files",
+            archiver,
+        )
+        assert archiver.files() == 0 and archiver.metric("frwatch_archive_lag_seconds") > 0
+        assert len(temp_files(root)) == 4  # one open file per partition
+        archiver.stop()
+        assert archiver.proc is not None and archiver.proc.returncode == 0, archiver.log_tail()
+    finally:
+        archiver.kill(signal.SIGKILL)
+    assert committed_offsets(kafka_bootstrap, f"{unique_name}-archive", topic) == published
+    assert temp_files(root) == []
+    archived = archive_by_offset(root)
+    on_topic = topic_by_offset(kafka_bootstrap, topic)
+    assert archived == {p: [(o, v) for o, v, _ in rows] for p, rows in on_topic.items()}
+    summary = orjson.loads(archiver.log_path.read_text().strip().splitlines()[-1])
+    assert summary["records"] == published and summary["files"] == 4
