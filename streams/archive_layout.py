@@ -31,6 +31,7 @@ HOUR_MS = 3_600_000
 #: an escape line starts with exactly these bytes; a value that does is escaped itself
 ESCAPE_PREFIX = b'{"frwatch.archive.b64":'
 _HOUR_FMT = "%Y-%m-%dT%H"
+_WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")  # what bytes.strip() removes
 _HOUR_DIR = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}")
 _FILE = re.compile(r"p(\d{4,})-(\d{20})\.jsonl\.gz")
 _TEMP = re.compile(r"\.p(\d{4,})-(\d{20})\.jsonl\.gz\.(\d+)\.tmp")
@@ -102,8 +103,12 @@ def line_safe(value: bytes) -> bool:
     would split, or lose its end), invalid UTF-8 (not a text line), or one that begins
     like an escape line.
     """
-    if b"\n" in value or b"\r" in value or not value.strip() or value.startswith(ESCAPE_PREFIX):
+    if not value or b"\n" in value or b"\r" in value or value.startswith(ESCAPE_PREFIX):
         return False
+    if value[0] in _WHITESPACE and not value.strip():  # strip() copies: only when it may be blank
+        return False
+    if value.isascii():  # most values: no decoding needed
+        return True
     try:
         value.decode("utf-8")
     except UnicodeDecodeError:
