@@ -26,7 +26,6 @@ from worker_harness import (
     prepared_topics,
     read_topic,
     wait_for,
-    wait_settled,
 )
 
 from streams.archive_layout import (
@@ -120,6 +119,22 @@ def topic_end(bootstrap: str, topic: str) -> int:
             await consumer.stop()
 
     return asyncio.run(main())
+
+
+def settled(bootstrap: str, env: dict[str, str], worker: Worker) -> None:
+    """Wait until the worker's group committed the whole requests topic, then its detect
+    topic to the end it had then: the worker's counts and alerts are final (SPEC 2.3:
+    nothing is committed before what it caused was acknowledged)."""
+    group = env["FRWATCH_APP_ID"]
+    for topic in (env["FRWATCH_TOPIC_REQUESTS"], f"{group}-detect"):
+        end = topic_end(bootstrap, topic)
+        assert end > 0, topic
+        wait_for(
+            lambda t=topic, e=end: committed_offsets(bootstrap, group, t) >= e,
+            120,
+            f"the worker to commit {topic} to {end}",
+            worker,
+        )
 
 
 def topic_by_offset(bootstrap: str, topic: str) -> dict[int, list[tuple[int, bytes | None, int]]]:
@@ -288,7 +303,7 @@ def test_archive_survives_kill_9_twice_and_replays_as_the_worker_saw_it(
         archiver.stop()
         assert archiver.proc is not None and archiver.proc.returncode == 0, archiver.log_tail()
 
-        wait_settled(kafka_bootstrap, env, 120, worker)
+        settled(kafka_bootstrap, env, worker)
         live = set(alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"]))
         results = {
             r: worker.metric("frwatch_events_total", result=r)
@@ -381,7 +396,7 @@ def test_a_replay_mode_worker_equals_offline_replay_of_the_archive(
             "every record counted",
             worker,
         )
-        wait_settled(kafka_bootstrap, replay_env, 60, worker)
+        settled(kafka_bootstrap, replay_env, worker)
         assert worker.records_counted() == summary["events"]
         assert worker.metric("frwatch_events_total", result="rejected") == 0
         assert worker.metric("frwatch_events_total", result="malformed") == summary["malformed"]
