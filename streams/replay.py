@@ -87,11 +87,12 @@ class Progress:
     bytes), so the ETA needs no first pass to count lines; stdin has no size and no ETA.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, interval: float = 0.5) -> None:
         self.stream = stream
         self.enabled = stream.isatty()
+        self.interval = interval
         self.started = time.monotonic()
-        self.next_at = self.started + 0.5
+        self.next_at = self.started + interval
         self.total_bytes: int | None = None
         self._done_bytes = 0  # of the files already read
         self._current: Callable[[], int] | None = None
@@ -121,7 +122,7 @@ class Progress:
         now = time.monotonic()
         if not self.enabled or now < self.next_at:
             return
-        self.next_at = now + 0.5
+        self.next_at = now + self.interval
         elapsed = max(now - self.started, 1e-9)
         rate = summary.events / elapsed
         line = (
