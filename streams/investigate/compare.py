@@ -8,7 +8,7 @@ per rule over alert_ids (rule, group, window), keeping each alert's latest revis
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from streams.core.engine import Detector, Observation
 from streams.core.rules import RuleSet
 from streams.core.state import MemoryWindowStore
 from streams.investigate.alert_book import AlertBook
+from topics.alerts import Alert
 
 
 class ShadowRun:
@@ -37,19 +38,30 @@ class ShadowRun:
         self._reclassify = rules.classification.canonical() != live_rules.classification.canonical()
 
     def observed(self, ee: EnrichedEvent, obs: Observation) -> None:
-        """Count the event under the other rules too."""
+        """Count the event under the other rules too, keeping every revision it causes."""
         if self._reclassify:
             ee = EnrichedEvent(ee.event, ee.account, self.rules.classification)
-        for alert in self.detector.observe(ee).alerts:
-            self._file(alert.to_json("replay", int(self._clock() * 1000), __version__))
-        self.detector.expire()
+        seen = self.detector.observe(ee)
+        self._file(seen.alerts)
+        # the alert lifecycle (SPEC 5) adds `update` revisions, and `closed` ones from expiry
+        # and at the end of input; read duck-typed, so that the shadow keeps what the
+        # replay's own detector emits, whichever revisions that is
+        self._file(getattr(seen, "updates", ()))
+        closed = self.detector.expire()
+        if isinstance(closed, list):
+            self._file(closed)
 
     def finished(self) -> None:
-        """End of input: nothing is pending in the shadow detector beyond its alerts."""
+        """End of input: close every window that fired, as the replay does for its own."""
+        close_all = getattr(self.detector, "close_all", None)
+        if close_all is not None:
+            self._file(close_all())
 
-    def _file(self, doc: bytes) -> None:
-        # through the same JSON as the replay's output, so both books hold alike documents
-        self.alerts.add(orjson.loads(doc))
+    def _file(self, alerts: Iterable[Alert]) -> None:
+        for alert in alerts:
+            # through the same JSON as the replay's output, so both books hold alike documents
+            doc = alert.to_json("replay", int(self._clock() * 1000), __version__)
+            self.alerts.add(orjson.loads(doc))
 
 
 def _figures(doc: dict[str, Any]) -> dict[str, Any]:

@@ -115,6 +115,7 @@ def _alert_view(
         if key in doc:
             lifecycle.append((key, doc[key]))
     lifecycle.append(("detected at", doc.get("detected_at")))
+    lifecycle = [(k, str(v).lower() if isinstance(v, bool) else v) for k, v in lifecycle]
     picture = None
     partial = False
     if draw:

@@ -60,6 +60,16 @@ def write_accounts(path: Path, extra: list[dict[str, Any]] = ()) -> Path:  # typ
     return path
 
 
+def latest(alerts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """alert_id -> its highest revision (alerts without `revision` are one message each)."""
+    out: dict[str, dict[str, Any]] = {}
+    for a in alerts:
+        held = out.get(a["alert_id"])
+        if held is None or a.get("revision", 0) >= held.get("revision", 0):
+            out[a["alert_id"]] = a
+    return out
+
+
 def without_detection_time(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Alerts as comparable documents: `detected_at` is the wall clock of the run."""
     return sorted(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from investigation_cli import frwatch, jsonl, write_accounts
+from investigation_cli import frwatch, jsonl, latest, write_accounts
 
 from streams.synthetic import DEFAULT_START_MS, SCENARIO_RULES, demo_traffic
 
@@ -137,7 +137,7 @@ def test_report_in_headless_chromium(
     report = tmp_path / "report.html"
     r = frwatch("replay", "--accounts", accounts, "--report", report, archive)
     assert r.code == 0, r.stderr
-    alerts = r.lines
+    alerts = list(latest(r.lines).values())
     assert sorted(a["rule_id"] for a in alerts) == sorted(SCENARIO_RULES)
     ids = [a["alert_id"] for a in alerts]
     html = report.read_text(encoding="utf-8")
