@@ -27,11 +27,19 @@ class ShadowRun:
     """A second detector under other rules, fed the events the replay evaluates."""
 
     def __init__(
-        self, rules: RuleSet, live_rules: RuleSet, clock: Callable[[], float] = time.time
+        self,
+        rules: RuleSet,
+        live_rules: RuleSet,
+        clock: Callable[[], float] = time.time,
+        make_detector: Callable[[RuleSet], Detector] | None = None,
     ) -> None:
         self.rules = rules
         self.alerts = AlertBook()
-        self.detector = Detector(rules, MemoryWindowStore())
+        # `make_detector`: the replay's own way of building its detector (exceptions and all),
+        # so that the two rule sets are the only difference between the runs
+        self.detector = (
+            make_detector(rules) if make_detector else Detector(rules, MemoryWindowStore())
+        )
         self._clock = clock
         # the same enriched event serves both detectors unless the rules files classify
         # operations differently (their `classification` sections, SPEC 2.2)

@@ -49,6 +49,10 @@ def archive(tmp_path: Path) -> Path:
                 e["ts"] = format_ms(e["ts"]).replace("Z", "+00:00")
         events += batch
     lines = jsonl(events).splitlines(keepends=True)
+    # records of a batch are selected one by one (SPEC 2): a batch of 40 records of all
+    # kinds, each of whose records the prefiltered file holds on its own line if selected
+    batch = [orjson.loads(line) for line in lines[100:140]]
+    lines[100:140] = [orjson.dumps({"records": batch}) + b"\n"]
     lines[5:5] = [b"not json\n", b'{"event_id": "x"}\n']
     path = tmp_path / "requests.jsonl"
     path.write_bytes(b"".join(lines))
@@ -86,8 +90,19 @@ def test_selection_equals_replaying_a_prefiltered_file(
     flags, keep = SELECTIONS[name]
     accounts = write_accounts(tmp_path / "accounts.jsonl")
     lines = archive.read_bytes().splitlines(keepends=True)
-    kept = []
+    records = []
     for line in lines:
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            records.append(line)
+            continue
+        if isinstance(doc, dict) and "records" in doc:
+            records += [orjson.dumps(r) + b"\n" for r in doc["records"]]
+        else:
+            records.append(line)
+    kept = []
+    for line in records:
         ts = _ts(line)
         if ts is None:
             continue
@@ -109,7 +124,8 @@ def test_selection_equals_replaying_a_prefiltered_file(
     s = selected.summary
     assert set(s) == set(everything.summary)
     assert "selected" in s
-    assert s["events"] == len(lines) == everything.summary["events"]
+    assert s["events"] == len(records) == everything.summary["events"]
+    assert len(records) == len(lines) + 39
     assert s["malformed"] == 2
     assert s["selected"] == len(kept) == expected.summary["selected"]
     assert s["alerts"] == len(latest(selected.lines))
