@@ -104,6 +104,11 @@ class Investigation:
         return recording(sink, self.alerts)
 
     @property
+    def needs_one_process(self) -> bool:
+        """Taps and the selection hook into the one-process replay loop (`replay`)."""
+        return bool(self.taps) or self.select is not None
+
+    @property
     def replaces_stdout(self) -> bool:
         """With --compare-rules, stdout holds the comparison (alerts go only to --out)."""
         return self.shadow is not None
