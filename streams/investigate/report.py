@@ -44,11 +44,47 @@ def check_writable(path: str) -> None:
         raise ReportError(f"{path}: cannot write the report: {folder} is not writable")
 
 
+_OPERATORS = {
+    "equals": "==",
+    "not_equals": "!=",
+    "in": "in",
+    "not_in": "not in",
+    "gte": ">=",
+    "gt": ">",
+    "lte": "<=",
+    "lt": "<",
+    "contains": "contains",
+    "not_contains": "not contains",
+}
+
+
+def condition_text(node: Any) -> str:
+    """A rules-file condition as one readable line (`fr_kind == enroll`); JSON if unusual."""
+    if isinstance(node, dict):
+        if set(node) == {"ref"}:
+            return str(node["ref"])
+        if set(node) == {"not"}:
+            return f"not ({condition_text(node['not'])})"
+        for op in ("all", "any") if len(node) == 1 else ():
+            if isinstance(node.get(op), list):
+                joiner = " and " if op == "all" else " or "
+                return "(" + joiner.join(condition_text(n) for n in node[op]) + ")"
+        ops = [k for k in node if k in _OPERATORS]
+        if "field" in node and len(node) == 2 and len(ops) == 1:
+            value = node[ops[0]]
+            shown = "{" + ", ".join(map(str, value)) + "}" if isinstance(value, list) else value
+            return f"{node['field']} {_OPERATORS[ops[0]]} {shown}"
+    return orjson.dumps(node).decode()
+
+
 def requirement_text(req: Requirement) -> str:
-    """`count >= 3`, `distinct(subject_ids) >= 50`, `count where {...} >= 20`."""
-    what = "count" if req.kind == "count" else f"distinct({req.field})"
-    if req.where_text is not None:
-        what += " where " + orjson.dumps(req.where_text).decode()
+    """`count >= 3`, `distinct(subject_ids) >= 50`, `count(fr_kind == enroll) >= 20`."""
+    if req.kind == "count":
+        what = "count" if req.where_text is None else f"count({condition_text(req.where_text)})"
+    else:
+        what = f"distinct({req.field})"
+        if req.where_text is not None:
+            what += f" where {condition_text(req.where_text)}"
     return f"{what} >= {req.at_least}"
 
 

@@ -10,7 +10,12 @@ import orjson
 
 from streams.core.rules import load_rules
 from streams.investigate.alert_book import AlertBook, recording
-from streams.investigate.report import ReportInputs, render_report
+from streams.investigate.report import (
+    ReportInputs,
+    condition_text,
+    render_report,
+    requirement_text,
+)
 from streams.investigate.timeline import MatchTimelines
 
 RULES = load_rules()
@@ -92,3 +97,17 @@ def test_the_report_leaves_out_lifecycle_fields_that_alerts_do_not_have() -> Non
     rows = _lifecycle_rows(_page(alert("a")))
     assert rows["count"] == "3"
     assert not {"status", "revision", "estimated"} & set(rows)
+
+
+def test_requirements_read_as_the_rules_file_means_them() -> None:
+    fr007 = RULES.by_id("FR-007")
+    assert [requirement_text(q) for q in fr007.requires] == [
+        "count(fr_kind == enroll) >= 20",
+        "count(identification) >= 1",
+    ]
+    assert requirement_text(RULES.by_id("FR-006").requires[0]) == "distinct(subject_ids) >= 50"
+    assert (
+        condition_text({"all": [{"field": "a", "in": ["x", "y"]}, {"not": {"ref": "q"}}]})
+        == "(a in {x, y} and not (q))"
+    )
+    assert condition_text({"field": "x", "is_null": True}) == '{"field":"x","is_null":true}'
