@@ -22,6 +22,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 
@@ -224,13 +225,25 @@ class ArchiveFile:
         self.path = path
         if not os.access(path, os.R_OK):
             raise ArchiveError(f"{path}: cannot open: not readable")
+        self._raw: BinaryIO | None = None
+        self._size = 0
+
+    def tell(self) -> int:
+        """Bytes of the file on disk read so far (replay's progress and ETA)."""
+        raw = self._raw
+        if raw is None:
+            return 0
+        if raw.closed:
+            return self._size
+        return raw.tell()
 
     def values(self) -> Iterator[tuple[int, bytes]]:
         """(line number, message value) of every line; a null value reads as empty, as the
         worker reads it."""
         path = self.path
         try:
-            with gzip.open(path, "rb") as fh:
+            with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as fh:
+                self._raw = raw
                 for n, line in enumerate(fh, start=1):
                     if line.endswith(b"\n"):
                         line = line[:-1]
@@ -241,6 +254,7 @@ class ArchiveFile:
                             raise ArchiveError(f"{path}:{n}: {exc}") from None
                         line = b"" if value is None else value
                     yield n, line
+                self._size = raw.tell()
         except (OSError, EOFError, zlib.error) as exc:
             if isinstance(exc, ArchiveError):
                 raise

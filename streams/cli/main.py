@@ -88,6 +88,37 @@ def build_parser() -> OneLineParser:
         " [env FRWATCH_INPUT_FORMAT, default frwatch]",
     )
     r.add_argument("--out", metavar="FILE", help="write alerts here (default stdout)")
+    inv = r.add_argument_group("investigation (docs/investigations.md)")
+    inv.add_argument(
+        "--since", metavar="T", help="evaluate records from this event time (RFC 3339)"
+    )
+    inv.add_argument(
+        "--until", metavar="T", help="evaluate records before this event time (exclusive)"
+    )
+    inv.add_argument(
+        "--account",
+        action="append",
+        metavar="ID",
+        help="evaluate this account's records (repeatable)",
+    )
+    inv.add_argument(
+        "--org",
+        action="append",
+        metavar="ID",
+        help="evaluate the records of this organisation's accounts, per --accounts (repeatable)",
+    )
+    inv.add_argument(
+        "--compare-rules",
+        metavar="OLD",
+        help="also run the rules file OLD and print, per rule, the alerts only under OLD, only"
+        " under the new rules and under both (instead of the alerts, which go to --out)",
+    )
+    inv.add_argument("--json", action="store_true", help="the comparison as JSON lines")
+    inv.add_argument(
+        "--report",
+        metavar="FILE.html",
+        help="write a self-contained HTML page: alerts, evidence and a timeline per alert",
+    )
     r.add_argument("archives", nargs="+", metavar="ARCHIVE", help="JSON-lines file, .gz, or -")
 
     rules = sub.add_parser("rules", help="show or check rules")
