@@ -171,3 +171,14 @@ def test_a_directory_that_is_no_archive_is_refused(tmp_path: Path) -> None:
     (tmp_path / MARKER).write_text("{}")
     with pytest.raises(ArchiveError, match="marker"):
         open_all([str(tmp_path)])
+
+
+def test_an_archive_file_tells_replay_how_far_it_is_read(tmp_path: Path) -> None:
+    from streams.replay import position_of
+
+    root = _archive(tmp_path / "arch", {(500_000, 0, 0): [b"x" * 100] * 50})
+    ((name, fh),) = open_all([str(root)])
+    position = position_of(fh)
+    assert position() == 0
+    assert sum(1 for _ in iter_lines(name, fh)) == 50
+    assert position() == Path(name).stat().st_size
