@@ -119,7 +119,12 @@ def build_parser() -> OneLineParser:
         metavar="FILE.html",
         help="write a self-contained HTML page: alerts, evidence and a timeline per alert",
     )
-    r.add_argument("archives", nargs="+", metavar="ARCHIVE", help="JSON-lines file, .gz, or -")
+    r.add_argument(
+        "archives",
+        nargs="+",
+        metavar="ARCHIVE",
+        help="JSON-lines file, .gz, -, or a directory written by frwatch archive",
+    )
 
     rules = sub.add_parser("rules", help="show or check rules")
     rsub = rules.add_subparsers(dest="rules_command", metavar="ACTION", parser_class=OneLineParser)
