@@ -121,7 +121,9 @@ class RealisticTraffic:
         self.rng = random.Random(self.seed)
         self.fleet = make_fleet(self.rng)
         self._ids = [a["account_id"] for a in self.fleet.accounts]
-        self._le = [a["account_id"] for a in self.fleet.accounts if a["sector"] == "law_enforcement"]
+        self._le = [
+            a["account_id"] for a in self.fleet.accounts if a["sector"] == "law_enforcement"
+        ]
 
     def account_lines(self) -> list[bytes]:
         """The fleet's account records, one JSON line each."""
@@ -207,7 +209,9 @@ class RealisticTraffic:
                 )[0],
             }
         if op in ("face.identify", "face.find_similar"):
-            ev["subject_ids"] = [f"subj-{rng.randrange(400):04d}" for _ in range(rng.randrange(1, 3))]
+            ev["subject_ids"] = [
+                f"subj-{rng.randrange(400):04d}" for _ in range(rng.randrange(1, 3))
+            ]
 
     def lines(self, n_records: int) -> Iterator[bytes]:
         """About `n_records` records (batches hold several), as archive lines."""

@@ -187,7 +187,9 @@ def run(accounts_path: str | None, archives: list[str]) -> tuple[list[str], dict
                         if gk is not None and match(f):
                             matched.append((rid, scope, size, reqs, gk))
                     # the first scope with a match decides whether the record was a redelivery
-                    primary = "account_id" if any(m[1] == "account_id" for m in matched) else "org_id"
+                    primary = (
+                        "account_id" if any(m[1] == "account_id" for m in matched) else "org_id"
+                    )
                     duplicate = False
                     for rid, scope, size, reqs, gk in matched:
                         start = ts - ts % size
@@ -208,7 +210,10 @@ def run(accounts_path: str | None, archives: list[str]) -> tuple[list[str], dict
                                 w["n"][i] += 1
                                 if kind == "distinct":
                                     w["d"].update(f["subjects"])
-                            ok = ok and (len(w["d"]) if kind == "distinct" else w["n"][i]) >= at_least
+                            ok = (
+                                ok
+                                and (len(w["d"]) if kind == "distinct" else w["n"][i]) >= at_least
+                            )
                         if ok:
                             w["fired"] = True
                             alerts.append(hashlib.sha256(f"{rid}|{gk}|{start}".encode()).hexdigest()[:32])  # fmt: skip

@@ -88,6 +88,13 @@ def build_parser() -> OneLineParser:
         " [env FRWATCH_INPUT_FORMAT, default frwatch]",
     )
     r.add_argument("--out", metavar="FILE", help="write alerts here (default stdout)")
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes that share the work, sharded by group key (same alerts as one)",
+    )
     r.add_argument("archives", nargs="+", metavar="ARCHIVE", help="JSON-lines file, .gz, or -")
 
     rules = sub.add_parser("rules", help="show or check rules")
@@ -217,7 +224,7 @@ def _positive(args: argparse.Namespace, name: str) -> None:
 
 def dispatch(args: argparse.Namespace) -> int:
     """Run the chosen command; returns the exit code."""
-    for name in ("batch", "events", "max", "requests_partitions", "from_line"):
+    for name in ("batch", "events", "max", "requests_partitions", "from_line", "workers"):
         _positive(args, name)
     if getattr(args, "give_up_after", 1.0) <= 0:
         raise UsageError("--give-up-after must be > 0")

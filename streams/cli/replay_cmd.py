@@ -51,9 +51,22 @@ def run_replay(args: argparse.Namespace) -> int:
     else:
         out = sys.stdout.buffer
     try:
-        summary = replay(
-            archives, rules, accounts, out, stderr_progress(), input_format=input_format
-        )
+        if (args.workers or 1) > 1:
+            from streams.replay_parallel import replay_parallel
+
+            summary = replay_parallel(
+                archives,
+                rules,
+                accounts,
+                out,
+                args.workers,
+                stderr_progress(),
+                input_format=input_format,
+            )
+        else:
+            summary = replay(
+                archives, rules, accounts, out, stderr_progress(), input_format=input_format
+            )
     except ArchiveError as exc:
         return _fail(str(exc))
     except BrokenPipeError:
