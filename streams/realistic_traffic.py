@@ -124,6 +124,7 @@ class RealisticTraffic:
         self._le = [
             a["account_id"] for a in self.fleet.accounts if a["sector"] == "law_enforcement"
         ]
+        self._identifiers = [a["account_id"] for a in self.fleet.accounts if a["org_id"][-1] == "2"]
 
     def account_lines(self) -> list[bytes]:
         """The fleet's account records, one JSON line each."""
@@ -186,6 +187,9 @@ class RealisticTraffic:
         if op.endswith("add_face") and rng.random() < 0.5:
             # a few accounts build galleries of people (FR-007's watch lists)
             acct = ev["account_id"] = self._ids[rng.randrange(0, len(self._ids), 37)]
+        elif op == "face.identify" and self._identifiers and rng.random() < 0.6:
+            # a few organisations identify people in bulk, from all their accounts (FR-006)
+            acct = ev["account_id"] = rng.choice(self._identifiers)
         ev["operation"] = op
         if op.startswith("speaker."):
             ev["audio_count"] = 1

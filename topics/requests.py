@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, NamedTuple
 
@@ -384,6 +385,15 @@ _new = tuple.__new__
 
 def parse_request_record(rec: object) -> RequestEvent | Rejection:
     """Validate one decoded record (SPEC 2.1): the event, or why it is malformed."""
+    if type(rec) is dict:
+        ev = checked_event(rec)
+        if ev is not None:
+            return ev
+    return parse_request_record_strict(rec)
+
+
+def parse_request_record_strict(rec: object) -> RequestEvent | Rejection:
+    """`parse_request_record` in Python only: the reference the C-speed checks must equal."""
     if type(rec) is UnparsedRecord:
         return Rejection(NOT_JSON, None, f"record nested too deep to decode ({rec.detail})")
     if type(rec) is UnmappedRecord:
@@ -556,25 +566,33 @@ def rejected_record(
 def decode_request_message(data: bytes | str) -> list[RequestEvent | RejectedRecord]:
     """Every record of one `api.requests` message (or archive line), validated on its own.
 
-    A single valid record is decoded and validated at C speed (`fast_event`); anything
-    else (a batch, a malformed record) takes `decode_request_message_strict`.
+    A message of one record with SPEC 2.1's fields only is decoded and validated by msgspec
+    (`fast_event`); the records of any other are decoded by orjson and checked by msgspec
+    (`checked_event`); a record either refuses is validated field by field, which names the
+    problem.
     """
     if type(data) is bytes:
         ev = fast_event(data)
         if ev is not None:
             return [ev]
-    return decode_request_message_strict(data)
+    return _decode_records(data, parse_request_record)
 
 
 def decode_request_message_strict(data: bytes | str) -> list[RequestEvent | RejectedRecord]:
-    """`decode_request_message` by orjson and the per-field validator (names every problem)."""
+    """`decode_request_message` by orjson and Python checks only (the reference)."""
+    return _decode_records(data, parse_request_record_strict)
+
+
+def _decode_records(
+    data: bytes | str, parse: Callable[[object], RequestEvent | Rejection]
+) -> list[RequestEvent | RejectedRecord]:
     found = request_records(data)
     if type(found) is RejectedRecord:
         return [found]
     records, batched = found  # type: ignore[misc]
     out: list[RequestEvent | RejectedRecord] = []
     for rec in records:
-        r = parse_request_record(rec)
+        r = parse(rec)
         if type(r) is Rejection:
             # a nested batch has no event_id, so it is rejected as missing_field
             out.append(rejected_record(r, rec, data, batched))
@@ -597,70 +615,87 @@ def _record_text(rec: object, message: bytes | str) -> str:
         return raw_text(message)
 
 
-# SPEC 2.1 as a msgspec schema: msgspec decodes a record straight into it and checks every
-# type, length and range in C, where orjson + `accepted_ts` build a dict and check it in
-# Python. It is only a fast path: whatever it refuses takes the strict path, which names the
-# problem; what it accepts, the strict path accepts with the same values (property-tested).
+# SPEC 2.1 as a msgspec schema, checked in C: every type, length and range that
+# `accepted_ts` checks in Python. It is only a fast path: whatever it refuses takes the
+# strict path, which names the problem; what it accepts, the strict path accepts with the
+# same event (property-tested).
 _Str = Annotated[str, msgspec.Meta(max_length=MAX_STRING_CHARS)]
 _Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_STRING_CHARS)]
-_Count = Annotated[int, msgspec.Meta(ge=0)]
+# orjson reads an integer beyond 64 bits as a float (not an integer); msgspec bounds are
+# int64, so the few between 2**63 and 2**64 take the strict path
+_Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 # int | float keeps an integer score an int, as orjson does (alert evidence shows it as sent)
 _Score = Annotated[int, msgspec.Meta(ge=0, le=1)] | Annotated[float, msgspec.Meta(ge=0, le=1)]
 
 
-class _WireGallery(msgspec.Struct, gc=False):
-    id: _Str | None = None
-    kind: _Str | None = None
+def _wire_schema(closed: bool) -> Any:
+    """The record's msgspec type; `closed`: a field outside SPEC 2.1 (at any depth) fails it."""
+
+    def struct(name: str, fields: list[tuple[str, Any, Any]]) -> Any:
+        return msgspec.defstruct(name, fields, gc=False, forbid_unknown_fields=closed)
+
+    pair = [("", _Str | None, None)] * 2
+    gallery = struct("Gallery", [(n, t, d) for n, (_, t, d) in zip(("id", "kind"), pair, strict=True)])
+    capture = struct(
+        "Capture", [(n, t, d) for n, (_, t, d) in zip(("device", "setting"), pair, strict=True)]
+    )
+    intent = struct("Intent", [("label", _Str | None, None), ("score", _Score | None, None)])
+    optional = _Str | None
+    return struct(
+        "RequestEvent",
+        [
+            ("event_id", Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_EVENT_ID_CHARS)], msgspec.NODEFAULT),
+            ("ts", Annotated[int, msgspec.Meta(ge=0, le=MAX_TS_MS)] | str, msgspec.NODEFAULT),
+            ("account_id", _Name, msgspec.NODEFAULT),
+            ("operation", _Name, msgspec.NODEFAULT),
+            ("api_key_id", optional, None),
+            ("model", optional, None),
+            ("region", optional, None),
+            ("client_ip", optional, None),
+            ("image_count", _Count | None, None),
+            ("audio_count", _Count | None, None),
+            ("faces_detected", _Count | None, None),
+            ("subject_ids", Annotated[tuple[_Str, ...], msgspec.Meta(max_length=MAX_ARRAY_ITEMS)] | None, None),
+            ("gallery", gallery | None, None),
+            ("capture", capture | None, None),
+            ("intent", intent | None, None),
+        ],
+    )  # fmt: skip
 
 
-class _WireCapture(msgspec.Struct, gc=False):
-    device: _Str | None = None
-    setting: _Str | None = None
-
-
-class _WireIntent(msgspec.Struct, gc=False):
-    label: _Str | None = None
-    score: _Score | None = None
-
-
-class _WireEvent(msgspec.Struct, gc=False):
-    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_EVENT_ID_CHARS)]
-    ts: Annotated[int, msgspec.Meta(ge=0, le=MAX_TS_MS)] | str
-    account_id: _Name
-    operation: _Name
-    api_key_id: _Str | None = None
-    model: _Str | None = None
-    region: _Str | None = None
-    client_ip: _Str | None = None
-    image_count: _Count | None = None
-    audio_count: _Count | None = None
-    faces_detected: _Count | None = None
-    subject_ids: Annotated[tuple[_Str, ...], msgspec.Meta(max_length=MAX_ARRAY_ITEMS)] | None = None
-    gallery: _WireGallery | None = None
-    capture: _WireCapture | None = None
-    intent: _WireIntent | None = None
-
-
-_decode_wire = msgspec.json.Decoder(_WireEvent).decode
+#: msgspec skips the values of fields it does not know without checking their numbers (an
+#: exponent orjson refuses as infinity), so JSON text is decoded by it only when it holds
+#: nothing else; other records are checked after orjson decoded them
+_decode_closed = msgspec.json.Decoder(_wire_schema(closed=True)).decode
+_OPEN = _wire_schema(closed=False)
+_convert = msgspec.convert
+_Invalidated = msgspec.ValidationError
 
 
 def fast_event(data: bytes) -> RequestEvent | None:
-    """The event of a message holding one valid record; None for anything else.
-
-    Two places where msgspec is more lenient than the strict path are checked here: it does
-    not validate the UTF-8 of fields it skips (orjson refuses the whole text), and a string
-    `ts` is parsed by `parse_rfc3339_ms`. msgspec nests less deeply than orjson, so a record
-    too deep for either takes the strict path.
-    """
+    """The event of a message holding one valid record of SPEC 2.1's fields only; else None."""
     try:
-        w = _decode_wire(data)
+        w = _decode_closed(data)
     except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
         return None
     if not data.isascii():
-        try:
+        try:  # orjson refuses invalid UTF-8 anywhere in the text
             data.decode()
         except UnicodeDecodeError:
             return None
+    return _event_of(w)
+
+
+def checked_event(rec: dict[str, Any]) -> RequestEvent | None:
+    """The event of a decoded record that is valid, checked at C speed; None for any other."""
+    try:
+        w = _convert(rec, _OPEN)
+    except _Invalidated:
+        return None
+    return _event_of(w)
+
+
+def _event_of(w: Any) -> RequestEvent | None:
     ts = w.ts
     if type(ts) is str:
         try:
@@ -670,7 +705,7 @@ def fast_event(data: bytes) -> RequestEvent | None:
         if not 0 <= ts <= MAX_TS_MS:
             return None
     g, c, i = w.gallery, w.capture, w.intent
-    return _new(
+    return _new(  # type: ignore[no-any-return]
         RequestEvent,
         (
             w.event_id,

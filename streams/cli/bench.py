@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from streams.cli.bench_realistic import measure_realistic
 from streams.core.rules import load_rules
 from streams.replay import open_all, replay
 from streams.settings import Settings
@@ -95,6 +96,14 @@ KEYS = (
     "alert_latency_ms",
     "replay_eps",
     "replay_azure_eps",
+    "realistic_events",
+    "realistic_alerts",
+    "yardstick_eps",
+    "realistic_replay_eps",
+    "yardstick_ratio",
+    "realistic_replay_workers2_eps",
+    "workers2_speedup",
+    "yardstick_agrees",
 )
 
 
@@ -123,6 +132,15 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
             "replay_eps": replayed["replay_eps"],
             "replay_azure_eps": mapped["replay_eps"],
         }
+        # what investigators replay: mixed timestamp forms, unicode, redeliveries, batches
+        real = measure_realistic(args.events, _say)
+        _say(
+            f"bench: realistic archive: replay {real['realistic_replay_eps']:,} events/s, "
+            f"{real['yardstick_ratio']}x the yardstick ({real['yardstick_eps']:,} events/s); "
+            f"--workers 2 {real['realistic_replay_workers2_eps']:,} events/s "
+            f"({real['workers2_speedup']}x)"
+        )
+        result.update(real)
         if not args.offline:
             from streams.cli.bench_live import measure_live
 

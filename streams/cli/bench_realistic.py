@@ -1,0 +1,80 @@
+"""`frwatch bench --offline` on a realistic archive: frwatch replay against the yardstick.
+
+The same archive (`streams.realistic_traffic`) goes through the plain implementation of
+the catalog (`streams.cli.bench_yardstick`), frwatch's replay in one process and with
+`--workers 2`, in one run; all three must give the same alert ids.
+
+    python -m streams.cli.bench_realistic [EVENTS]   prints one JSON line
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from streams.cli import bench_yardstick
+from streams.core.rules import load_rules
+from streams.realistic_traffic import write_realistic_archive
+from streams.replay import load_accounts, open_all, replay
+from streams.replay_parallel import replay_parallel
+
+WORKERS = 2
+
+
+def _alert_ids(sink: io.BytesIO) -> list[str]:
+    return [orjson.loads(line)["alert_id"] for line in sink.getvalue().splitlines()]
+
+
+def measure_realistic(n_events: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """Events/s of the yardstick, of replay at 1 and at `WORKERS` processes, and their ratios."""
+    with tempfile.TemporaryDirectory(prefix="frwatch-bench-real-") as tmp:
+        path, accounts_path = os.path.join(tmp, "real.jsonl"), os.path.join(tmp, "accounts.jsonl")
+        say(f"bench: generating {n_events:,} realistic records ...")
+        write_realistic_archive(path, accounts_path, n_events)
+        say("bench: the yardstick (json + datetime + dicts) ...")
+        started = time.perf_counter()
+        yard_ids, yard_counts = bench_yardstick.run(accounts_path, [path])
+        yard_s = time.perf_counter() - started
+        rules = load_rules()
+        accounts = load_accounts(accounts_path, say)
+        say("bench: replay, one process ...")
+        one_sink = io.BytesIO()
+        one = replay(open_all([path]), rules, accounts, one_sink)
+        say(f"bench: replay, {WORKERS} workers ...")
+        many_sink = io.BytesIO()
+        many = replay_parallel(open_all([path]), rules, accounts, many_sink, WORKERS)
+    ids = _alert_ids(one_sink)
+    agrees = sorted(ids) == sorted(yard_ids) == sorted(_alert_ids(many_sink))
+    if not agrees or (one.events, one.malformed) != (
+        yard_counts["events"],
+        yard_counts["malformed"],
+    ):
+        say("bench: WARNING: the yardstick and replay disagree (alert ids or counts)")
+    yard_eps = yard_counts["events"] / yard_s
+    one_eps = one.events / one.seconds
+    many_eps = many.events / many.seconds
+    return {
+        "realistic_events": one.events,
+        "realistic_alerts": one.alerts,
+        "yardstick_eps": round(yard_eps),
+        "realistic_replay_eps": round(one_eps),
+        "yardstick_ratio": round(one_eps / yard_eps, 2),
+        f"realistic_replay_workers{WORKERS}_eps": round(many_eps),
+        f"workers{WORKERS}_speedup": round(many_eps / one_eps, 2),
+        "yardstick_agrees": agrees,
+    }
+
+
+if __name__ == "__main__":
+    result = measure_realistic(
+        int(sys.argv[1]) if len(sys.argv) > 1 else 200_000,
+        lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    print(orjson.dumps(result).decode())
