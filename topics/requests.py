@@ -635,7 +635,9 @@ def _wire_schema(closed: bool) -> Any:
         return msgspec.defstruct(name, fields, gc=False, forbid_unknown_fields=closed)
 
     pair = [("", _Str | None, None)] * 2
-    gallery = struct("Gallery", [(n, t, d) for n, (_, t, d) in zip(("id", "kind"), pair, strict=True)])
+    gallery = struct(
+        "Gallery", [(n, t, d) for n, (_, t, d) in zip(("id", "kind"), pair, strict=True)]
+    )
     capture = struct(
         "Capture", [(n, t, d) for n, (_, t, d) in zip(("device", "setting"), pair, strict=True)]
     )

@@ -166,6 +166,7 @@ def run(accounts_path: str | None, archives: list[str]) -> tuple[list[str], dict
                     msg = json.loads(line, parse_constant=_no_constant)
                 except ValueError:
                     msg = None
+                records: list[Any]
                 if type(msg) is dict and "records" in msg and "event_id" not in msg:
                     records = msg["records"] if type(msg["records"]) is list else [None]
                 else:

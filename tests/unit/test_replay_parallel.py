@@ -111,13 +111,17 @@ def test_the_retention_clock_of_one_process_moves_every_shard(tmp_path: Path) ->
     fr001 = [a["alert_id"] for a in one if a["rule_id"] == "FR-001" and a["group_key"] == "acct-0"]
     assert len(fr001) == 2 and fr001[0] == fr001[1]
     assert _comparable(two) == _comparable(one)
-    assert _summary(err2) == _summary(err1) == {
-        "events": 4,
-        "malformed": 1,
-        "skipped": 0,
-        "duplicates": 1,  # FR-007's 24h window still holds e-1
-        "alerts": len(one),
-    }
+    assert (
+        _summary(err2)
+        == _summary(err1)
+        == {
+            "events": 4,
+            "malformed": 1,
+            "skipped": 0,
+            "duplicates": 1,  # FR-007's 24h window still holds e-1
+            "alerts": len(one),
+        }
+    )
 
 
 def test_gzip_stdin_and_several_files(tmp_path: Path, realistic: tuple[Path, Path, Any]) -> None:
