@@ -101,6 +101,9 @@ KEYS = (
     "yardstick_eps",
     "realistic_replay_eps",
     "yardstick_ratio",
+    "yardstick_cpu_eps",
+    "realistic_replay_cpu_eps",
+    "yardstick_ratio_cpu",
     "realistic_replay_workers2_eps",
     "workers2_speedup",
     "yardstick_agrees",
@@ -136,7 +139,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         real = measure_realistic(args.events, _say)
         _say(
             f"bench: realistic archive: replay {real['realistic_replay_eps']:,} events/s, "
-            f"{real['yardstick_ratio']}x the yardstick ({real['yardstick_eps']:,} events/s); "
+            f"{real['yardstick_ratio']}x the yardstick ({real['yardstick_eps']:,} events/s; "
+            f"per CPU second {real['yardstick_ratio_cpu']}x); "
             f"--workers 2 {real['realistic_replay_workers2_eps']:,} events/s "
             f"({real['workers2_speedup']}x)"
         )
