@@ -106,6 +106,19 @@ class _Shard:
             RuleIndex(tuple(r for r in rules.rules if r.group_by == scope)) for scope in SCOPE_ORDER
         )
         self.detectors = tuple(Detector(rules, MemoryWindowStore(), scope) for scope in SCOPE_ORDER)
+        #: per (bio_kind, trait, operation, intent.label): the scopes whose rules' gates
+        #: admit it, with those rules (most records: none)
+        self._gates: dict[tuple[str, str, str, str | None], tuple[tuple[int, Any], ...]] = {}
+
+    def _admitting(self, gate: tuple[str, str, str, str | None]) -> tuple[tuple[int, Any], ...]:
+        found = tuple(
+            (scope, rules)
+            for scope, index in enumerate(self.scoped)
+            if (rules := index.admitting(*gate))
+        )
+        if len(self._gates) < 4096:  # operation names are open-ended: bound the cache
+            self._gates[gate] = found
+        return found
 
     def decode_block(self, block: bytes) -> tuple[int, int, int, int, list[list[Copy]]]:
         """(records, malformed, skipped, highest event time, the copies for each shard)."""
@@ -113,7 +126,7 @@ class _Shard:
         highest = -1
         copies: list[list[Copy]] = [[] for _ in range(self.shards)]
         get_account, classification, decode = self.accounts.get, self.classification, self.decode
-        account_rules, org_rules = self.scoped
+        gates = self._gates
         n = 0
         for line in block.split(b"\n"):
             line = line.rstrip(b"\r\n")
@@ -133,11 +146,13 @@ class _Shard:
                     highest = ev.ts_ms
                 n += 1
                 ee = EnrichedEvent(ev, get_account(ev.account_id), classification)
+                intent = ev.intent
+                gate = (ee.bio_kind, ee.trait, ev.operation, intent.label if intent else None)
+                scopes = gates.get(gate)
+                if scopes is None:
+                    scopes = self._admitting(gate)
                 first = True
-                for scope, index in enumerate((account_rules, org_rules)):
-                    rules = index.candidates(ee)
-                    if not rules:
-                        continue
+                for scope, rules in scopes:
                     for r in rules:
                         gk = group_key(r, ee)
                         if gk is not None and r.match(ee):

@@ -106,6 +106,7 @@ KEYS = (
     "yardstick_ratio_cpu",
     "realistic_replay_workers2_eps",
     "workers2_speedup",
+    "workers2_cpu_ratio",
     "yardstick_agrees",
 )
 
@@ -142,7 +143,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
             f"{real['yardstick_ratio']}x the yardstick ({real['yardstick_eps']:,} events/s; "
             f"per CPU second {real['yardstick_ratio_cpu']}x); "
             f"--workers 2 {real['realistic_replay_workers2_eps']:,} events/s "
-            f"({real['workers2_speedup']}x)"
+            f"({real['workers2_speedup']}x; CPU of all its processes "
+            f"{real['workers2_cpu_ratio']}x one process's)"
         )
         result.update(real)
         if not args.offline:
