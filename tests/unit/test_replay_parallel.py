@@ -120,6 +120,7 @@ def test_the_retention_clock_of_one_process_moves_every_shard(tmp_path: Path) ->
             "skipped": 0,
             "duplicates": 1,  # FR-007's 24h window still holds e-1
             "alerts": len(one),
+            "selected": 3,  # every valid record: no selection
         }
     )
 
