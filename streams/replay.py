@@ -14,10 +14,12 @@ from streams import __version__
 from streams.archive import iter_lines, open_archive
 from streams.core.classify import EnrichedEvent
 from streams.core.engine import Detector
+from streams.core.exceptions import ExceptionsInForce
 from streams.core.rules import RuleSet
 from streams.core.state import MemoryWindowStore
 from topics.accounts import AccountDirectory, parse_account_record
 from topics.dlq import Rejection
+from topics.exceptions import ExceptionSet
 from topics.formats import SKIPPED, InputFormat
 from topics.requests import RejectedRecord, decode_request_message
 
@@ -106,12 +108,15 @@ def replay(
     progress: Progress | None = None,
     clock: Callable[[], float] = time.time,
     input_format: InputFormat | None = None,
+    exceptions: ExceptionSet | None = None,
 ) -> ReplaySummary:
     """Run every record of the archives, in order, through one detector; write alerts to `out`.
 
     `input_format`: how to map records of another schema (None: frwatch's own, SPEC 2.4).
+    `exceptions`: applied by event time, as live (SPEC 4.4; None: none).
     """
-    detector = Detector(rules, MemoryWindowStore())
+    in_force = ExceptionsInForce(exceptions) if exceptions else None
+    detector = Detector(rules, MemoryWindowStore(), exceptions=in_force)
     summary = ReplaySummary()
     started = time.perf_counter()
     get_account = accounts.get

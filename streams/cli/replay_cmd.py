@@ -11,6 +11,7 @@ from streams.archive import ArchiveError
 from streams.core.rules import RulesError, load_rules
 from streams.replay import load_accounts, open_all, replay, stderr_progress
 from topics.accounts import AccountDirectory
+from topics.exceptions import ExceptionSet, ExceptionsFileError, load_exceptions
 from topics.formats import FormatError, describe_problem, load_format
 
 EXIT_USAGE = 2
@@ -19,6 +20,18 @@ EXIT_USAGE = 2
 def _fail(message: str) -> int:
     print(f"frwatch replay: error: {message}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _exceptions(path: str | None) -> ExceptionSet | None:
+    """`--exceptions FILE` (JSON lines, SPEC 4.4); ExceptionsFileError names file, line, field."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ExceptionsFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return load_exceptions(path, text)
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -40,6 +53,7 @@ def run_replay(args: argparse.Namespace) -> int:
             if args.accounts
             else AccountDirectory()
         )
+        exceptions = _exceptions(args.exceptions)
     except (ArchiveError, ValueError) as exc:
         return _fail(str(exc))
     out: BinaryIO
@@ -52,7 +66,13 @@ def run_replay(args: argparse.Namespace) -> int:
         out = sys.stdout.buffer
     try:
         summary = replay(
-            archives, rules, accounts, out, stderr_progress(), input_format=input_format
+            archives,
+            rules,
+            accounts,
+            out,
+            stderr_progress(),
+            input_format=input_format,
+            exceptions=exceptions,
         )
     except ArchiveError as exc:
         return _fail(str(exc))
