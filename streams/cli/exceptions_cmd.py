@@ -194,6 +194,26 @@ def _kafka_errors(cmd: str, settings: Settings, exc: BaseException, operation: s
     return _refusal(cmd, exc, operation)
 
 
+def _warn_unknown_rules(record: ExceptionRecord, settings: Settings) -> None:
+    """A rule id that the local rules do not have is probably a typo: say so (not an error:
+    the rules in force may change, and a worker may follow the rules topic)."""
+    if record.rules == ("*",) or settings.rules_from_kafka:
+        return
+    from streams.core.rules import RulesError, load_rules
+
+    try:
+        rules = load_rules(settings.rules or None)
+    except RulesError:
+        return
+    known = {r.id for r in rules.rules}
+    for rule_id in record.rules:
+        if rule_id not in known:
+            print(
+                f"frwatch exceptions add: warning: rule {rule_id} is not in {rules.path}",
+                file=sys.stderr,
+            )
+
+
 def run_add(args: argparse.Namespace, settings: Settings) -> int:
     """`exceptions add`: validate, publish, print the record (its id first)."""
     cmd = "exceptions add"
@@ -201,6 +221,7 @@ def run_add(args: argparse.Namespace, settings: Settings) -> int:
         record = new_exception(args, int(time.time() * 1000))
     except (ExceptionError, ValueError) as exc:
         return _fail(cmd, f"{exc} (nothing published)")
+    _warn_unknown_rules(record, settings)
     topic = settings.topic_exceptions
     message = (record.exception_id.encode(), record.to_json())
     try:

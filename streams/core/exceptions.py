@@ -25,22 +25,23 @@ class ExceptionFilter(Protocol):
 class ExceptionsInForce:
     """The current ExceptionSet and the hits of each exception id so far."""
 
-    __slots__ = ("current", "hits")
+    __slots__ = ("_any", "current", "hits")
 
     def __init__(self, exceptions: ExceptionSet = NO_EXCEPTIONS) -> None:
         self.current = exceptions
+        self._any = bool(exceptions.exceptions)  # the common case: one attribute read
         self.hits: Counter[str] = Counter()
 
     def replace(self, exceptions: ExceptionSet) -> None:
         """Apply these from the next event on (hits of removed ids are kept: counters)."""
         self.current = exceptions
+        self._any = bool(exceptions.exceptions)
 
     def covers(self, rule_id: str, ee: EnrichedEvent) -> bool:
         """True (and a hit counted) when an exception in force keeps the event from the rule."""
-        current = self.current
-        if not current:
+        if not self._any:
             return False
-        found = current.covers(rule_id, ee)
+        found = self.current.covers(rule_id, ee)
         if found is None:
             return False
         self.hits[found] += 1
