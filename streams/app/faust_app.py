@@ -29,7 +29,7 @@ from streams import __version__
 from streams.app.account_feed import AccountFeed
 from streams.app.codecs import RawBytes
 from streams.app.delivery import Delivery, delivery_failures_counter
-from streams.app.detection import DetectStage, watermark_message
+from streams.app.detection import DetectStage
 from streams.app.exception_feed import ExceptionFeed, ExceptionMetrics
 from streams.app.fastpath import FrwatchApp
 from streams.app.in_order import SettlerStopped, ingest_in_order
@@ -48,6 +48,7 @@ from topics.catalog import detect_topic_name, windows_table_name
 from topics.dlq import INTERNAL_ERROR, DeadLetter, Rejection, raw_text
 from topics.exceptions import decode_exception_message
 from topics.formats import InputFormat
+from topics.stage2 import watermark_message
 
 log = logging.getLogger(__name__)
 

@@ -28,13 +28,13 @@ from topics.requests import (
     record_text,
     request_records,
 )
+from topics.stage2 import envelope_bytes, forward_item, forward_messages
 
 FUTURE_TOLERANCE_MS = 5 * 60_000
 #: the default bound of one message to the detect topic (its max.message.bytes is larger)
 MAX_FORWARD_MESSAGE_BYTES = 512 * 1024
 #: room left in a message for Kafka's record-batch framing, key and headers
 MESSAGE_OVERHEAD_BYTES = 512
-_ENVELOPE = (b'{"items":[', b"]}")
 SCOPES = (("account_id", "a"), ("org_id", "o"))  # the order of streams.core.engine.SCOPE_ORDER
 
 
@@ -266,6 +266,7 @@ class Router:
         )
         self.screen = Screen(rules, self.input_format)
         self.classification = rules.classification
+        self.rules_sha256 = rules.sha256
 
     def route(
         self,
@@ -315,12 +316,12 @@ class Router:
         event_ts = out.event_ts_ms
         forwarded = 0
         account_of = self.directory.get
-        limit = self.max_value_bytes - len(_ENVELOPE[0]) - len(_ENVELOPE[1])
+        limit = self.max_value_bytes - envelope_bytes()
         serialized: dict[int, list[bytes]] = {}
         for rec, ts_ms in screened.gated:
             try:
                 account = account_of(rec["account_id"])
-                forwards = self._plan(build_event(rec, ts_ms), account, kafka_ts_ms)
+                forwards = self._plan(rec, build_event(rec, ts_ms), account, kafka_ts_ms)
                 values = [orjson.dumps(item) for _, item in forwards]
                 too_big = max(map(len, values), default=0)
                 if too_big > limit:
@@ -351,55 +352,51 @@ class Router:
                 out.forwards.setdefault(dest, []).append(item)
                 serialized.setdefault(dest, []).append(data)
         for dest, datas in serialized.items():
-            out.forward_messages.extend((dest, m) for m in _split_items(datas, limit))
+            out.forward_messages.extend(
+                (dest, m) for m in forward_messages(datas, limit, self.rules_sha256)
+            )
         routed = len(event_ts)
         out.hits, out.misses, out.processed = routed - misses, misses, routed - forwarded
         return out
 
     def _plan(
-        self, ev: RequestEvent, account: AccountRecord | None, kafka_ts_ms: int
+        self,
+        event_wire: dict[str, Any],
+        ev: RequestEvent,
+        account: AccountRecord | None,
+        kafka_ts_ms: int,
     ) -> list[tuple[int, dict[str, Any]]]:
-        """Where the copies of a record that some rule may match go (empty: none matches)."""
+        """Where the copies of a record that some rule may match go (empty: none matches).
+
+        One copy per scope whose rules match (all rules of a scope share its group key), with
+        the ids of the rules that matched, so that detect does not match them again
+        (`topics.stage2`); `event_wire` is the record as `RequestEvent.to_wire` normalised it.
+        """
         ee = EnrichedEvent(ev, account, self.classification)
         forwards: list[tuple[int, dict[str, Any]]] = []
         for tag, index in self.scoped:
-            keys = {
-                gk
-                for r in index.candidates(ee)
-                if r.match(ee) and (gk := group_key(r, ee)) is not None
-            }
-            for gk in keys:
-                item = {
-                    "s": tag,
-                    "e": ev.to_wire(),
-                    "a": _account_wire(account),
-                    "k": kafka_ts_ms,
-                    # the first copy counts the record in frwatch_events_total
-                    "c": 0 if forwards else 1,
-                }
-                forwards.append((destination(gk, self.partitions), item))
+            matched = [
+                r for r in index.candidates(ee) if r.match(ee) and group_key(r, ee) is not None
+            ]
+            if not matched:
+                continue
+            gk = group_key(matched[0], ee)
+            assert gk is not None
+            item = forward_item(
+                tag,
+                event_wire,
+                _account_wire(account),
+                kafka_ts_ms,
+                # the first copy counts the record in frwatch_events_total
+                not forwards,
+                [r.id for r in matched],
+            )
+            forwards.append((destination(gk, self.partitions), item))
         return forwards
 
 
 class ForwardTooLarge(Exception):
     """A record's forward alone exceeds the detect topic's message size."""
-
-
-def _split_items(items: list[bytes], limit: int) -> list[bytes]:
-    """`{"items": [...]}` messages of serialised items, in order, each within `limit` + envelope."""
-    messages: list[bytes] = []
-    chunk: list[bytes] = []
-    size = 0
-    for data in items:
-        # each item after the first costs a comma
-        if chunk and size + 1 + len(data) > limit:
-            messages.append(_ENVELOPE[0] + b",".join(chunk) + _ENVELOPE[1])
-            chunk, size = [], 0
-        size += len(data) + (1 if chunk else 0)
-        chunk.append(data)
-    if chunk:
-        messages.append(_ENVELOPE[0] + b",".join(chunk) + _ENVELOPE[1])
-    return messages
 
 
 def _account_wire(account: AccountRecord | None) -> dict[str, Any] | None:
