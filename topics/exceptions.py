@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from streams.core.classify import EnrichedEvent
-from streams.core.conditions import ConditionError, Predicate, compile_condition
+from streams.core.conditions import FIELDS, ConditionError, Predicate, compile_condition
 from topics.dlq import MISSING_FIELD, NOT_JSON, NOT_OBJECT, OUT_OF_RANGE, WRONG_TYPE, Rejection
 from topics.timestamps import TimestampError, format_ms, parse_rfc3339_ms
 
@@ -213,29 +213,76 @@ def decode_exception_message(
     return rec
 
 
+#: fields whose plain equality an exception's match is indexed by (what `exceptions add`
+#: --account, --org and --api-key write): an event then meets only the exceptions of its
+#: own account, org or key, however many there are
+INDEXED_FIELDS = ("account_id", "account.org_id", "api_key_id")
+
+
+def _indexed_on(x: ExceptionRecord) -> tuple[str, str] | None:
+    m = x.match
+    if isinstance(m, dict) and len(m) == 2 and m.get("field") in INDEXED_FIELDS:
+        value = m.get("equals")
+        if type(value) is str:
+            return m["field"], value
+    return None
+
+
+class _RuleExceptions:
+    """The exceptions of one rule: by indexed field and value, and the others in order."""
+
+    __slots__ = ("general", "keyed")
+
+    def __init__(self, exceptions: Iterable[ExceptionRecord]) -> None:
+        general: list[ExceptionRecord] = []
+        keyed: dict[str, dict[str, list[ExceptionRecord]]] = {}
+        for x in exceptions:
+            on = _indexed_on(x)
+            if on is None:
+                general.append(x)
+            else:
+                keyed.setdefault(on[0], {}).setdefault(on[1], []).append(x)
+        self.general = tuple(general)
+        self.keyed = tuple(
+            (FIELDS[name][0], {v: tuple(xs) for v, xs in table.items()})
+            for name, table in keyed.items()
+        )
+
+
 class ExceptionSet:
     """The exceptions in force, compiled; `covers` answers per (rule, event). Immutable."""
 
     __slots__ = ("_by_rule", "_every_rule", "exceptions")
 
     def __init__(self, exceptions: Iterable[ExceptionRecord] = ()) -> None:
-        # by id: a deterministic order, so the hit goes to the same exception everywhere
         ordered = tuple(sorted(exceptions, key=lambda x: x.exception_id))
         self.exceptions = ordered
-        self._every_rule = tuple(x for x in ordered if x.rules == (ALL_RULES,))
+        every = [x for x in ordered if x.rules == (ALL_RULES,)]
+        self._every_rule = _RuleExceptions(every) if every else None
         named = {r for x in ordered for r in x.rules if r != ALL_RULES}
-        self._by_rule = {r: tuple(x for x in ordered if x.applies_to(r)) for r in named}
+        self._by_rule = {r: _RuleExceptions(x for x in ordered if x.applies_to(r)) for r in named}
 
     def covers(self, rule_id: str, ee: EnrichedEvent) -> str | None:
-        """The id of the first exception that keeps this event from the rule, else None."""
+        """The id of the exception that keeps this event from the rule, else None.
+
+        When several do, the lowest id: the same one everywhere (hits are counted by id).
+        """
         found = self._by_rule.get(rule_id, self._every_rule)
-        if not found:
+        if found is None:
             return None
         ts = ee.event.ts_ms
-        for x in found:
+        best: str | None = None
+        for x in found.general:
             if x.created_at_ms <= ts < x.expires_at_ms and x.predicate(ee):
-                return x.exception_id
-        return None
+                best = x.exception_id
+                break  # in id order: no later general one is lower
+        for get, table in found.keyed:
+            for x in table.get(get(ee), ()):
+                if x.created_at_ms <= ts < x.expires_at_ms:
+                    if best is None or x.exception_id < best:
+                        best = x.exception_id
+                    break
+        return best
 
     def active_at(self, now_ms: int) -> int:
         """How many are in force at this (wall-clock) time."""

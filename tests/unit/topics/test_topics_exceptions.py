@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streams.core.classify import EnrichedEvent
 from streams.core.rules import builtin_classification
@@ -195,3 +197,59 @@ def test_exceptions_file_lines_and_errors() -> None:
     assert str(caught.value) == "ex.jsonl:2: field owner: owner must not be empty"
     with pytest.raises(ExceptionsFileError, match=r"^ex.jsonl:1: not JSON"):
         load_exceptions("ex.jsonl", b"{")
+
+
+_ACCOUNTS = ["acct-1", "acct-2", "acct-3"]
+_MATCHES = [
+    *({"field": "account_id", "equals": a} for a in _ACCOUNTS),
+    {"field": "account.org_id", "equals": "org-1"},
+    {"field": "api_key_id", "equals": "key-1"},
+    {"field": "account_id", "in": ["acct-1", "acct-2"]},
+    {"all": [{"field": "account_id", "equals": "acct-3"}, {"field": "image_count", "gte": 1}]},
+]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_MATCHES),
+            st.sampled_from([["FR-001"], ["FR-006"], ["*"], ["FR-001", "FR-006"]]),
+            st.integers(0, 4),
+            st.integers(1, 4),
+        ),
+        max_size=12,
+    ),
+    st.lists(
+        st.tuples(
+            st.sampled_from(_ACCOUNTS),
+            st.sampled_from([None, "key-1", "key-2"]),
+            st.integers(0, 8),
+            st.integers(0, 2),
+            st.sampled_from(["FR-001", "FR-006", "FR-004"]),
+        ),
+        min_size=1,
+        max_size=10,
+    ),
+)
+def test_the_index_answers_as_checking_every_exception(
+    specs: list[tuple[Any, list[str], int, int]], events: list[tuple[Any, ...]]
+) -> None:
+    hour = 3_600_000
+    base = parse_rfc3339_ms(CREATED)
+    records = [
+        parse_exception(
+            record(exception_id=f"EX-{i:02d}", match=m, rules=rules,
+                   created_at=format_ms(base + start * hour),
+                   expires_at=format_ms(base + (start + length) * hour))
+        )
+        for i, (m, rules, start, length) in enumerate(specs)
+    ]  # fmt: skip
+    s = ExceptionSet(records)
+    for account, key, at, images, rule in events:
+        ee = event(base + at * hour, account, api_key_id=key, image_count=images)
+        naive = min(
+            (x.exception_id for x in records
+             if x.applies_to(rule) and x.in_force_at(ee.event.ts_ms) and x.predicate(ee)),
+            default=None,
+        )  # fmt: skip
+        assert s.covers(rule, ee) == naive
