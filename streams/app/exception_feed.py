@@ -1,6 +1,8 @@
-"""Every worker's copy of the exceptions topic (SPEC 4.4), caught up before requests flow.
+"""Every worker's copy of the exceptions topic (SPEC 4.4), caught up before detection starts.
 
-Like the accounts feed: read whole at start, then followed; each valid record replaces the
+Like the accounts feed: read whole at start (in the background: the detect agent waits for
+`ready` before its first event; holding up the worker's start instead shifted its join to
+the group by the time of the read), then followed; each valid record replaces the
 exception of its id, a tombstone removes it, and the set in force is swapped between two
 events. A rejected record changes nothing here: the exception-audit agent (one consumer
 per partition in the group) dead-letters it once per cluster.
@@ -8,7 +10,11 @@ per partition in the group) dead-letters it once per cluster.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -46,6 +52,32 @@ class ExceptionFeed(CompactedTopicFeed):
         self.records: dict[str, ExceptionRecord] = {}
         self.rejected = 0
         self._changed = False
+        self._catching_up: asyncio.Future[None] | None = None
+
+    async def on_start(self) -> None:
+        """Catch up in the background: only the detect agent needs the exceptions, and it
+        waits for `ready` before its first event, so the worker's start is not held up."""
+        self._catching_up = asyncio.ensure_future(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        try:
+            await super().on_start()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # detection would wait for the exceptions forever: the worker stops instead
+            log.critical(
+                "exceptions topic %s not read; stopping the worker", self.topic, exc_info=True
+            )
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    async def on_stop(self) -> None:
+        """Stop a catch-up still running, then close the consumer."""
+        if self._catching_up is not None and not self._catching_up.done():
+            self._catching_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._catching_up
+        await super().on_stop()
 
     def apply(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """Apply a valid exception or a tombstone; a rejected record leaves everything as it was."""

@@ -81,7 +81,7 @@ class Frwatch:
     rules: RulesInForce
     #: the rules topic's feed when the worker follows it (`FRWATCH_RULES=kafka:`)
     rules_feed: RulesFeed | None = None
-    #: the exceptions topic's feed (SPEC 4.4), read whole before detection starts
+    #: the exceptions topic's feed (SPEC 4.4): the detect agent waits until it is caught up
     exceptions_feed: ExceptionFeed | None = None
 
     def services(self) -> list[Any]:
