@@ -17,10 +17,12 @@ from streams import __version__
 from streams.archive import expand_archives, iter_lines, open_archive
 from streams.core.classify import EnrichedEvent
 from streams.core.engine import Detector, Observation
+from streams.core.exceptions import ExceptionsInForce
 from streams.core.rules import RuleSet
 from streams.core.state import MemoryWindowStore
 from topics.accounts import AccountDirectory, AccountRecord, parse_account_record
 from topics.dlq import Rejection
+from topics.exceptions import ExceptionSet
 from topics.formats import SKIPPED, InputFormat
 from topics.requests import RejectedRecord, RequestEvent, decode_request_message
 
@@ -178,6 +180,15 @@ class ReplayTap(Protocol):
         """Called once at the end of the input."""
 
 
+def replay_detector(
+    rules: RuleSet, exceptions: ExceptionSet | None = None, scope: str | None = None
+) -> Detector:
+    """The detector of a replay (and of its shadow run and its shards): in memory, with the
+    exceptions applied by event time (SPEC 4.4)."""
+    in_force = ExceptionsInForce(exceptions) if exceptions else None
+    return Detector(rules, MemoryWindowStore(), scope, exceptions=in_force)
+
+
 def replay(
     archives: Iterable[tuple[str, BinaryIO]],
     rules: RuleSet,
@@ -188,6 +199,7 @@ def replay(
     input_format: InputFormat | None = None,
     select: Callable[[RequestEvent, AccountRecord | None], bool] | None = None,
     taps: Sequence[ReplayTap] = (),
+    exceptions: ExceptionSet | None = None,
 ) -> ReplaySummary:
     """Run every record of the archives, in order, through one detector; write alerts to `out`.
 
@@ -195,8 +207,9 @@ def replay(
     `select`: which valid records are evaluated (None: all); the others never reach the
     detector, so the result is that of an archive holding only the selected records.
     `taps`: told of every evaluated event (streams.investigate).
+    `exceptions`: applied by event time, as live (SPEC 4.4; None: none).
     """
-    detector = Detector(rules, MemoryWindowStore())
+    detector = replay_detector(rules, exceptions)
     summary = ReplaySummary()
     started = time.perf_counter()
     get_account = accounts.get

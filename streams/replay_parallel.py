@@ -38,9 +38,9 @@ from streams.archive import ArchiveError
 from streams.core.classify import EnrichedEvent
 from streams.core.engine import SCOPE_ORDER, Detector, RuleIndex, group_key
 from streams.core.rules import RuleSet
-from streams.core.state import MemoryWindowStore
-from streams.replay import Progress, ReplaySummary
+from streams.replay import Progress, ReplaySummary, replay_detector
 from topics.accounts import AccountDirectory
+from topics.exceptions import ExceptionSet
 from topics.formats import SKIPPED, InputFormat
 from topics.requests import RejectedRecord, RequestEvent, decode_request_message
 
@@ -93,6 +93,7 @@ class _Shard:
         accounts: AccountDirectory,
         input_format: InputFormat | None,
         clock: Callable[[], float],
+        exceptions: ExceptionSet | None = None,
     ) -> None:
         self.index = index
         self.shards = shards
@@ -105,7 +106,7 @@ class _Shard:
         self.scoped = tuple(
             RuleIndex(tuple(r for r in rules.rules if r.group_by == scope)) for scope in SCOPE_ORDER
         )
-        self.detectors = tuple(Detector(rules, MemoryWindowStore(), scope) for scope in SCOPE_ORDER)
+        self.detectors = tuple(replay_detector(rules, exceptions, scope) for scope in SCOPE_ORDER)
         #: per (bio_kind, trait, operation, intent.label): the scopes whose rules' gates
         #: admit it, with those rules (most records: none)
         self._gates: dict[tuple[str, str, str, str | None], tuple[tuple[int, Any], ...]] = {}
@@ -226,6 +227,7 @@ def replay_parallel(
     progress: Progress | None = None,
     clock: Callable[[], float] = time.time,
     input_format: InputFormat | None = None,
+    exceptions: ExceptionSet | None = None,
 ) -> ReplaySummary:
     """`streams.replay.replay` in `workers` processes: the same alerts and summary."""
     ctx = multiprocessing.get_context("fork")  # the children inherit rules and accounts
@@ -234,7 +236,11 @@ def replay_parallel(
     procs = [
         ctx.Process(
             target=_serve,
-            args=(_Shard(i, workers, rules, accounts, input_format, clock), inboxes[i], outbox),
+            args=(
+                _Shard(i, workers, rules, accounts, input_format, clock, exceptions),
+                inboxes[i],
+                outbox,
+            ),
             daemon=True,
         )
         for i in range(workers)

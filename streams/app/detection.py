@@ -18,6 +18,7 @@ import orjson
 from streams.app.routing import destination
 from streams.core.classify import EnrichedEvent
 from streams.core.engine import Detector
+from streams.core.exceptions import ExceptionFilter
 from streams.core.rules import RuleSet
 from streams.core.state import ID_CHUNK, WindowState, split_window_key
 from streams.core.windows import is_expired
@@ -191,8 +192,15 @@ class DetectStage:
     table (`clock_key`), so it survives restarts and rebalances.
     """
 
-    def __init__(self, rules: RuleSet, table: MutableMapping[str, Any], partitions: int) -> None:
+    def __init__(
+        self,
+        rules: RuleSet,
+        table: MutableMapping[str, Any],
+        partitions: int,
+        exceptions: ExceptionFilter | None = None,
+    ) -> None:
         self.store = TableWindowStore(table)
+        self.exceptions = exceptions  # SPEC 4.4, applied by both detectors
         self.partitions = partitions
         self.clocks: dict[int, int] = {}  # detect partition -> retention clock (event ms)
         self.marks: dict[int, dict[int, tuple[int, bool]]] = {}  # detect p -> input p -> mark
@@ -211,8 +219,8 @@ class DetectStage:
         partition by partition, as the detect agent passes there.
         """
         self.detectors = {
-            "a": Detector(rules, self.store, "account_id"),
-            "o": Detector(rules, self.store, "org_id"),
+            "a": Detector(rules, self.store, "account_id", self.exceptions),
+            "o": Detector(rules, self.store, "org_id", self.exceptions),
         }
         self.versions = frozenset((r.id, r.state_version) for r in rules.rules)
         self.classification = rules.classification

@@ -30,6 +30,7 @@ from streams.app.account_feed import AccountFeed
 from streams.app.codecs import RawBytes
 from streams.app.delivery import Delivery, delivery_failures_counter
 from streams.app.detection import DetectStage
+from streams.app.exception_feed import ExceptionFeed, ExceptionMetrics
 from streams.app.fastpath import FrwatchApp
 from streams.app.in_order import SettlerStopped, ingest_in_order
 from streams.app.metrics import FAUST_PREFIX, DetectorMetrics
@@ -38,12 +39,14 @@ from streams.app.rules_in_force import RulesFeed, RulesInForce, rules_snapshot
 from streams.app.screening import ScreeningPool, ScreeningUnavailable
 from streams.app.sensors import install_metrics_endpoint
 from streams.app.tickets import InputAcker, Ticket
+from streams.core.exceptions import ExceptionsInForce
 from streams.core.rules import RuleSet
 from streams.kafkaio import client_kwargs, faust_kwargs
 from streams.settings import Settings
 from topics.accounts import AccountDirectory, decode_account_message
 from topics.catalog import detect_topic_name, windows_table_name
 from topics.dlq import INTERNAL_ERROR, DeadLetter, Rejection, raw_text
+from topics.exceptions import decode_exception_message
 from topics.formats import InputFormat
 from topics.stage2 import watermark_message
 
@@ -78,10 +81,14 @@ class Frwatch:
     rules: RulesInForce
     #: the rules topic's feed when the worker follows it (`FRWATCH_RULES=kafka:`)
     rules_feed: RulesFeed | None = None
+    #: the exceptions topic's feed (SPEC 4.4): the detect agent waits until it is caught up
+    exceptions_feed: ExceptionFeed | None = None
 
     def services(self) -> list[Any]:
         """What starts before the app (caught up before any request) and stops after it."""
         feeds: list[Any] = [self.feed] if self.rules_feed is None else [self.rules_feed, self.feed]
+        if self.exceptions_feed is not None:
+            feeds.append(self.exceptions_feed)
         return [*feeds, self.delivery]
 
     @property
@@ -193,7 +200,16 @@ def build_app(
         input_format,
         check_future=not settings.replay_mode,
     )
-    stage = DetectStage(rules, windows, settings.partitions)
+    exceptions = ExceptionsInForce()
+    exceptions_feed = ExceptionFeed(
+        settings.bootstrap_servers,
+        settings.topic_exceptions,
+        exceptions,
+        client=client_kwargs(settings),
+    )
+    ExceptionMetrics(registry, exceptions)
+    exceptions_topic = app.topic(settings.topic_exceptions, **raw)
+    stage = DetectStage(rules, windows, settings.partitions, exceptions)
     metrics.watch_window_states(stage.store.entries_by_rule)
     in_force = RulesInForce(rules, rules_data or b"")
     metrics.set_rules(
@@ -421,6 +437,7 @@ def build_app(
     async def detect(stream: Any) -> None:
         if rules_feed is not None:
             await rules_feed.ready.wait()
+        await exceptions_feed.ready.wait()  # exceptions apply from the first event (SPEC 4.4)
         async for event in stream.events():
             msg = event.message
             # held until what it caused is acknowledged: Faust acks the current event when
@@ -450,7 +467,22 @@ def build_app(
                 await delivered(send_dead_letters(msg.key, [letter]))
                 release_input(msg)
 
-    return Frwatch(app, feed, delivery, metrics, registry, in_force, rules_feed)
+    @app.agent(exceptions_topic, name="exception-audit")
+    async def exception_audit(stream: Any) -> None:
+        # as account-audit: every worker's feed skips a rejected exception, this agent
+        # dead-letters it once per cluster (SPEC 4.4)
+        async for event in stream.events():
+            msg = event.message
+            verdict = decode_exception_message(msg.key, msg.value)
+            if isinstance(verdict, Rejection):
+                letter = DeadLetter(
+                    verdict, raw_text(msg.value), msg.topic, msg.partition, msg.offset
+                )
+                msg.incref()  # committed only once the letter is acknowledged
+                await delivered(send_dead_letters(msg.key, [letter]))
+                release_input(msg)
+
+    return Frwatch(app, feed, delivery, metrics, registry, in_force, rules_feed, exceptions_feed)
 
 
 class ScreeningSwitch:

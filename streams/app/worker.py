@@ -115,7 +115,7 @@ def run_worker(settings: Settings, loglevel: str) -> int:
         print(f"frwatch worker: error: {describe_problem(exc)}", file=sys.stderr)
         return 2
     topics = settings.topics()
-    needed = [topics[role] for role in ("requests", "accounts", "alerts", "dlq")]
+    needed = [topics[role] for role in ("requests", "accounts", "alerts", "dlq", "exceptions")]
     if settings.rules_from_kafka:
         needed.append(settings.topic_rules)
     try:

@@ -87,6 +87,11 @@ def build_parser() -> OneLineParser:
         help="input format: frwatch, azure-resource-log or a format file"
         " [env FRWATCH_INPUT_FORMAT, default frwatch]",
     )
+    r.add_argument(
+        "--exceptions",
+        metavar="FILE",
+        help="exceptions (SPEC 4.4), JSON lines, applied by event time as live",
+    )
     r.add_argument("--out", metavar="FILE", help="write alerts here (default stdout)")
     r.add_argument(
         "--workers",
@@ -168,6 +173,8 @@ def build_parser() -> OneLineParser:
     al = asub.add_parser("load", help="publish account records (JSON lines) to the accounts topic")
     al.add_argument("file", metavar="FILE")
     _settings_flags(al, KAFKA)
+
+    _exceptions_parser(sub)
 
     pub = sub.add_parser(
         "publish",
@@ -305,6 +312,41 @@ def build_parser() -> OneLineParser:
     return p
 
 
+def _exceptions_parser(sub: Any) -> None:
+    """`frwatch exceptions add | list | remove` (SPEC 4.4)."""
+    ex = sub.add_parser("exceptions", help="approved uses kept from rules, with owner and expiry")
+    exsub = ex.add_subparsers(
+        dest="exceptions_command", metavar="ACTION", parser_class=OneLineParser
+    )
+    exsub.required = True
+    kafka = ("broker", "kafka_config", "topic_exceptions")
+    add = exsub.add_parser("add", help="publish an exception and print it (its id first)")
+    add.add_argument("--rules", required=True, metavar="ID[,ID]", help="rule ids, or *")
+    which = add.add_mutually_exclusive_group(required=True)
+    which.add_argument("--account", metavar="ID", help="events of this account_id")
+    which.add_argument("--org", metavar="ID", help="events of accounts of this org_id")
+    which.add_argument("--api-key", metavar="ID", help="events with this api_key_id")
+    which.add_argument("--match", metavar="JSON", help="a condition of the rules file, as JSON")
+    add.add_argument("--reason", required=True, metavar="TEXT", help="why (required)")
+    add.add_argument("--owner", required=True, metavar="TEXT", help="who answers for it")
+    add.add_argument(
+        "--expires",
+        required=True,
+        metavar="DURATION|TIME",
+        help="a duration from now (90d) or an RFC 3339 time; at most 366 days",
+    )
+    add.add_argument("--ticket", metavar="T", help="the approval's ticket")
+    _settings_flags(add, kafka)
+    ls = exsub.add_parser(
+        "list", help="every exception, active or expired, with its hits on the worker"
+    )
+    ls.add_argument("--json", action="store_true", help="one JSON object per exception")
+    _settings_flags(ls, (*kafka, "web_bind", "web_port"))
+    rm = exsub.add_parser("remove", help="remove an exception (a tombstone on the topic)")
+    rm.add_argument("exception_id", metavar="ID")
+    _settings_flags(rm, kafka)
+
+
 def _positive(args: argparse.Namespace, name: str) -> None:
     v = getattr(args, name, None)
     if v is not None and v < 1:
@@ -354,8 +396,15 @@ def dispatch(args: argparse.Namespace) -> int:
         "publish": ops.run_publish,
         "alerts": ops.run_alerts,
         "rules": ops.run_rules_deploy,
+        "exceptions": _run_exceptions,
     }
     return int(handlers[cmd](args, settings))
+
+
+def _run_exceptions(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.cli.exceptions_cmd import run_exceptions
+
+    return run_exceptions(args, settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from streams.investigate.report import ReportError
 from streams.investigate.session import Investigation, InvestigationError
 from streams.replay import load_accounts, open_all, replay, stderr_progress
 from topics.accounts import AccountDirectory
+from topics.exceptions import ExceptionSet, ExceptionsFileError, load_exceptions
 from topics.formats import FormatError, describe_problem, load_format
 
 EXIT_USAGE = 2
@@ -21,6 +22,18 @@ EXIT_USAGE = 2
 def _fail(message: str) -> int:
     print(f"frwatch replay: error: {message}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _exceptions(path: str | None) -> ExceptionSet | None:
+    """`--exceptions FILE` (JSON lines, SPEC 4.4); ExceptionsFileError names file, line, field."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ExceptionsFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return load_exceptions(path, text)
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -36,7 +49,11 @@ def run_replay(args: argparse.Namespace) -> int:
     except FormatError as exc:
         return _fail(describe_problem(exc))
     try:
-        investigation = Investigation.from_args(args, rules)
+        exceptions = _exceptions(args.exceptions)
+    except ValueError as exc:
+        return _fail(str(exc))
+    try:
+        investigation = Investigation.from_args(args, rules, exceptions)
     except InvestigationError as exc:
         return _fail(str(exc))
     try:
@@ -76,6 +93,7 @@ def run_replay(args: argparse.Namespace) -> int:
                 workers,
                 stderr_progress(),
                 input_format=input_format,
+                exceptions=exceptions,
             )
         else:
             summary = replay(
@@ -85,6 +103,7 @@ def run_replay(args: argparse.Namespace) -> int:
                 investigation.output(out),
                 stderr_progress(),
                 input_format=input_format,
+                exceptions=exceptions,
                 select=investigation.select,
                 taps=investigation.taps,
             )

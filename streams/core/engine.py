@@ -8,6 +8,7 @@ from typing import Any
 
 from streams.core.classify import FACE, NONE, EnrichedEvent
 from streams.core.conditions import FIELDS
+from streams.core.exceptions import ExceptionFilter
 from streams.core.rules import Requirement, Rule, RuleSet
 from streams.core.state import WindowState, WindowStore, id_hash, window_key
 from streams.core.windows import window_start
@@ -134,8 +135,16 @@ class RuleIndex:
 class Detector:
     """Runs a rule set (or the rules of one group_by scope) against enriched events."""
 
-    def __init__(self, rules: RuleSet, store: WindowStore, scope: str | None = None) -> None:
+    def __init__(
+        self,
+        rules: RuleSet,
+        store: WindowStore,
+        scope: str | None = None,
+        exceptions: ExceptionFilter | None = None,
+    ) -> None:
         self.rule_set = rules
+        #: SPEC 4.4: what keeps an event from a rule (None: nothing does)
+        self.exceptions = exceptions
         # account rules before org rules: an event's *primary* scope is the first in which a
         # rule matches, and only that scope decides whether the event was a redelivery, so
         # that live (one worker per scope) and replay count duplicates alike
@@ -180,6 +189,8 @@ class Detector:
             gk = group_key(rule, ee)
             if gk is None:
                 continue
+            if self.exceptions is not None and self.exceptions.covers(rule.id, ee):
+                continue  # neither starts nor grows a window, nor counts as a match (SPEC 4.4)
             if obs is NOTHING:
                 obs = Observation()
                 primary = rule.group_by

@@ -20,8 +20,9 @@ from streams.investigate.compare import ShadowRun, compare, render_table
 from streams.investigate.report import ReportInputs, check_writable, write_report
 from streams.investigate.select import Selection, SelectionError, parse_selection
 from streams.investigate.timeline import MatchTimelines
-from streams.replay import ReplaySummary, ReplayTap
+from streams.replay import ReplaySummary, ReplayTap, replay_detector
 from topics.accounts import AccountRecord
+from topics.exceptions import ExceptionSet
 from topics.requests import RequestEvent
 
 
@@ -41,6 +42,7 @@ class Investigation:
         report_path: str | None = None,
         archives: tuple[str, ...] = (),
         accounts_path: str | None = None,
+        exceptions: ExceptionSet | None = None,
     ) -> None:
         self.rules = rules
         self.selection = selection
@@ -49,11 +51,17 @@ class Investigation:
         self.archives = archives
         self.accounts_path = accounts_path
         self.alerts = AlertBook()
-        self.shadow = ShadowRun(old_rules, rules) if old_rules is not None else None
+        self.shadow = (
+            ShadowRun(old_rules, rules, make_detector=lambda r: replay_detector(r, exceptions))
+            if old_rules is not None
+            else None
+        )
         self.timelines = MatchTimelines(rules) if report_path is not None else None
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, rules: RuleSet) -> Investigation:
+    def from_args(
+        cls, args: argparse.Namespace, rules: RuleSet, exceptions: ExceptionSet | None = None
+    ) -> Investigation:
         """Check the flags; InvestigationError names the first bad one."""
         try:
             selection = parse_selection(args.since, args.until, args.account, args.org)
@@ -80,6 +88,7 @@ class Investigation:
             report_path=args.report,
             archives=tuple(args.archives),
             accounts_path=args.accounts,
+            exceptions=exceptions,
         )
 
     @property

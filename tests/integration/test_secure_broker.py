@@ -239,7 +239,8 @@ def test_missing_acls_name_the_topic_and_operation(
     assert proc.returncode == 2
     assert proc.stderr.decode().strip() == (
         f"frwatch worker: error: not authorised to use topic {unique_name}.accounts, "
-        f"{unique_name}.alerts, {unique_name}.dlq, {unique_name}.requests "
+        f"{unique_name}.alerts, {unique_name}.dlq, {unique_name}.exceptions, "
+        f"{unique_name}.requests "
         "(TopicAuthorizationFailedError; see `frwatch acls`)"
     )
     assert time.monotonic() - started < 30

@@ -13,6 +13,7 @@ import pytest
 
 from streams.realistic_traffic import write_realistic_archive
 from streams.replay_parallel import shard_of
+from topics.timestamps import format_ms, parse_rfc3339_ms
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -156,3 +157,48 @@ def test_workers_must_be_a_positive_number(realistic: tuple[Path, Path, Any], va
     code, alerts, err = _replay("--workers", value, str(realistic[0]))
     assert (code, alerts) == (2, [])
     assert err.count("\n") == 1
+
+
+def test_workers_apply_the_exceptions_of_one_process(
+    realistic: tuple[Path, Path, Any], tmp_path: Path
+) -> None:
+    """`--exceptions` reaches every shard: an org's account excepted from its org rule (FR-006)
+    and an account from every rule give the alerts of one process, fewer than without."""
+    archive, accounts, _ = realistic
+    _, plain, err = _replay("--accounts", str(accounts), str(archive))
+    assert _summary(err)["alerts"] > 0
+    org_alert = next(a for a in plain if a["group_by"] == "org_id")
+    acct_alert = next(a for a in plain if a["group_by"] == "account_id")
+    first = "1970-01-01T00:00:00.000Z"  # set below
+    excepted = [
+        {
+            "exception_id": "EX-org",
+            "rules": [org_alert["rule_id"]],
+            "match": {"field": "account.org_id", "equals": org_alert["group_key"]},
+            "reason": "approved", "owner": "soc", "created_at": first, "expires_at": first,
+        },
+        {
+            "exception_id": "EX-acct",
+            "rules": ["*"],
+            "match": {"field": "account_id", "equals": acct_alert["group_key"]},
+            "reason": "approved", "owner": "soc", "created_at": first, "expires_at": first,
+        },
+    ]  # fmt: skip
+    # valid over the archive's whole time (expires_at at most 366 days after created_at)
+    starts = sorted(parse_rfc3339_ms(a["window"]["start"]) for a in plain)
+    assert starts[-1] - starts[0] < 300 * DAY
+    for ex in excepted:
+        ex["created_at"] = format_ms(starts[0] - DAY)
+        ex["expires_at"] = format_ms(starts[0] + 300 * DAY)
+    exceptions = tmp_path / "exceptions.jsonl"
+    exceptions.write_bytes(b"\n".join(orjson.dumps(e) for e in excepted) + b"\n")
+    base = ["--accounts", str(accounts), "--exceptions", str(exceptions), str(archive)]
+    code1, one, err1 = _replay(*base)
+    code2, two, err2 = _replay("--workers", "2", *base)
+    assert code1 == code2 == 0, err1 + err2
+    assert _comparable(two) == _comparable(one)
+    assert _summary(err2) == _summary(err1)
+    kept = {(a["rule_id"], a["group_key"]) for a in one}
+    assert (org_alert["rule_id"], org_alert["group_key"]) not in kept
+    assert not any(a["group_key"] == acct_alert["group_key"] for a in one)
+    assert len(one) < len(plain)
