@@ -17,6 +17,7 @@ from streams.core.engine import Detector
 from streams.core.rules import RuleSet
 from streams.core.state import MemoryWindowStore
 from topics.accounts import AccountDirectory, parse_account_record
+from topics.alerts import Alert
 from topics.dlq import Rejection
 from topics.formats import SKIPPED, InputFormat
 from topics.requests import RejectedRecord, decode_request_message
@@ -107,7 +108,8 @@ def replay(
     clock: Callable[[], float] = time.time,
     input_format: InputFormat | None = None,
 ) -> ReplaySummary:
-    """Run every record of the archives, in order, through one detector; write alerts to `out`.
+    """Run every record of the archives, in order, through one detector; write every alert
+    revision to `out` (`summary.alerts` counts the alerts, their open revisions).
 
     `input_format`: how to map records of another schema (None: frwatch's own, SPEC 2.4).
     """
@@ -120,6 +122,13 @@ def replay(
     expire = detector.expire
     ticking = progress is not None and progress.enabled
     decode = decode_request_message if input_format is None else input_format.decode_message
+
+    def write(revisions: list[Alert]) -> None:
+        """Every revision of an alert, as it is made (open, update, closed: SPEC 5)."""
+        for alert in revisions:
+            out.write(alert.to_json("replay", int(clock() * 1000), __version__))
+            out.write(b"\n")
+
     for path, fh in archives:
         for _, line in iter_lines(path, fh):
             for rec in decode(line):
@@ -133,13 +142,18 @@ def replay(
                 obs = observe(EnrichedEvent(rec, get_account(rec.account_id), classification))  # type: ignore[union-attr,arg-type]
                 if obs.duplicate:
                     summary.duplicates += 1
-                for alert in obs.alerts:
-                    summary.alerts += 1
-                    out.write(alert.to_json("replay", int(clock() * 1000), __version__))
-                    out.write(b"\n")
-                expire()
+                if obs.alerts:
+                    summary.alerts += len(obs.alerts)
+                    write(obs.alerts)
+                if obs.updates:
+                    write(obs.updates)
+                closed = expire()
+                if closed:
+                    write(closed)
             if ticking:
                 progress.tick(summary)  # type: ignore[union-attr]
+    # end of input: every window that fired is closed (SPEC 5)
+    write(detector.close_all())
     out.flush()
     if progress is not None:
         progress.done()
