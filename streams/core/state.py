@@ -119,7 +119,8 @@ class WindowState:
         """Distinct values counted for requirement i (estimated beyond `MAX_EXACT`)."""
         sk = self.value_sketches[i]
         if sk is not None:
-            return max(int(round(sk.get_estimate())), len(self.distinct[i] or ()))
+            estimate: float = sk.get_estimate()
+            return max(round(estimate), len(self.distinct[i] or ()))
         return len(self.distinct[i] or ())
 
     def value(self) -> WindowValue:

@@ -26,7 +26,6 @@ from streams.core.engine import Detector
 from streams.core.rules import RuleSet, builtin_rules_bytes, load_rules, parse_rules
 from streams.core.state import (
     MemoryWindowStore,
-    WindowState,
     id_hash,
     split_window_key,
     window_key,
@@ -42,6 +41,7 @@ from topics.accounts import AccountDirectory
 from topics.alerts import Alert, alert_id
 from topics.dlq import INTERNAL_ERROR
 from topics.requests import RequestEvent, parse_request_record
+from topics.window_state import WindowValue
 
 DETECT_TOPIC = "frwatch-detect"
 PARTITIONS = 4
@@ -230,8 +230,9 @@ def test_nothing_reaches_the_table_until_flush() -> None:
     assert list(pipe.table) == [key, samples_key(key), ids_key(key, 0)]
     assert pipe.table[ids_key(key, 0)] == [id_hash("f-1")]
     wire = pipe.table[key]
-    st = WindowState.from_wire(wire)
-    assert st is not None and st.fired and st.count == 1 and wire["ic"] == 1
+    value = WindowValue.from_wire(wire)
+    assert value is not None and value.fired and value.count == 1 and wire["ic"] == 1
+    assert value.alert is not None and (value.alert.revision, value.alert.status) == (0, "open")
     orjson.dumps(wire)  # the table's changelog holds plain JSON
 
 

@@ -13,11 +13,11 @@ from streams.core.classify import EnrichedEvent
 from streams.core.engine import NOTHING, Detector, evidence_sample
 from streams.core.rules import builtin_classification, load_rules, parse_rules
 from streams.core.state import MemoryWindowStore, WindowState, id_hash, window_key
-from topics.window_state import WindowValue
 from topics.accounts import AccountRecord
 from topics.alerts import SAMPLE_FIELDS, Alert, alert_id
 from topics.requests import RequestEvent, parse_request_record
 from topics.timestamps import parse_rfc3339_ms
+from topics.window_state import WindowValue
 
 HOUR = 3_600_000
 DAY = 86_400_000
