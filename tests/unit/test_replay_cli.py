@@ -164,7 +164,7 @@ def test_demo_archive_fires_each_rule_once_with_complete_alerts(
         expected_account = {k: (acct or {}).get(k) for k in ACCOUNT_FIELDS}
         expected_account["account_id"] = a["account"]["account_id"]
         assert a["account"] == expected_account
-        assert set(a["observed"]) == {"count", "distinct"}
+        assert set(a["observed"]) == {"count", "distinct", "estimated"}
         assert a["observed"]["count"] >= 1
         samples = a["evidence"]["samples"]
         assert 1 <= len(samples) <= 10
@@ -186,10 +186,10 @@ def test_demo_archive_fires_each_rule_once_with_complete_alerts(
         "account_id": "acct-unknown-7"
     }
     assert got["FR-006"]["account"]["org_id"] == "org-retail"
-    assert got["FR-006"]["observed"] == {"count": 50, "distinct": 50}
-    assert got["FR-005"]["observed"] == {"count": 3, "distinct": None}
-    assert got["FR-007"]["observed"] == {"count": 21, "distinct": None}
-    assert got["FR-001"]["observed"] == {"count": 1, "distinct": None}
+    assert got["FR-006"]["observed"] == {"count": 50, "distinct": 50, "estimated": False}
+    assert got["FR-005"]["observed"] == {"count": 3, "distinct": None, "estimated": False}
+    assert got["FR-007"]["observed"] == {"count": 21, "distinct": None, "estimated": False}
+    assert got["FR-001"]["observed"] == {"count": 1, "distinct": None, "estimated": False}
 
     summary = r.summary
     assert set(summary) == {"events", "malformed", "skipped", "duplicates", "alerts", "seconds"}
