@@ -602,3 +602,56 @@ def test_state_of_a_changed_rule_is_never_read_and_never_an_error() -> None:
     # counted afresh: 3 enrolments under the new version (the 2 before do not count)
     (alert,) = [a for a in after.alerts if a.rule_id == "FR-007"]
     assert alert.count == 4
+
+
+# --- the alert lifecycle live (SPEC 5): closing by the detect partition's clock --------------
+
+
+def test_a_fired_window_closes_when_its_partitions_clock_passes_end_plus_close_after() -> None:
+    pipe = Pipeline()
+    acct = "acct-metro-pd"
+    part = destination(acct, PARTITIONS)
+    for i in range(12):
+        pipe.feed(ev(f"le-{i}", acct, "face.verify", ts=HOUR0 + i))
+    assert [a.status for a in pipe.alerts] == ["open"]
+    key = wkey("FR-001", HOUR0, HOUR0 + HOUR_MS, acct)
+    # the clock at the window's end + 5m - 1: nothing closes
+    pipe.advance(HOUR0 + HOUR_MS + 5 * 60_000 - 1)
+    assert pipe.stage.sweep(part).revisions == []
+    pipe.advance(HOUR0 + HOUR_MS + 5 * 60_000)
+    swept = pipe.stage.sweep(part)
+    assert [(a.alert_id, a.status, a.revision, a.count) for a in swept.revisions] == [
+        (alert_id("FR-001", acct, HOUR0), "closed", 2, 12)  # open 0, update 1 (at 10), closed 2
+    ]
+    # recorded only once flushed (after the revision was acknowledged)
+    assert WindowValue.from_wire(pipe.table[key]).alert.status == "update"  # type: ignore[union-attr]
+    pipe.stage.store.flush()
+    assert WindowValue.from_wire(pipe.table[key]).alert.status == "closed"  # type: ignore[union-attr]
+    # a restart on the same table does not close it again
+    restarted = DetectStage(RULES, pipe.table, PARTITIONS)
+    assert restarted.sweep(part).revisions == []
+
+
+def test_a_closed_revision_not_recorded_before_a_crash_is_sent_again_after_restart() -> None:
+    pipe = Pipeline()
+    acct = "acct-metro-pd"
+    part = destination(acct, PARTITIONS)
+    pipe.feed(ev("le-0", acct, "face.verify", ts=HOUR0))
+    pipe.advance(HOUR0 + 2 * HOUR_MS)
+    assert [a.status for a in pipe.stage.sweep(part).revisions] == ["closed"]
+    pipe.stage.store.pending.clear()  # killed before the flush: the clock was kept, not the close
+    restarted = DetectStage(RULES, pipe.table, PARTITIONS)
+    assert [(a.status, a.revision) for a in restarted.sweep(part).revisions] == [("closed", 1)]
+
+
+def test_a_window_state_of_an_older_shape_is_ignored_never_an_error() -> None:
+    pipe = Pipeline()
+    acct = "acct-metro-pd"
+    key = wkey("FR-001", HOUR0, HOUR0 + HOUR_MS, acct)
+    # a v1 value (no "v"): fired, so it would stop this window from alerting
+    pipe.table[key] = {"f": True, "n": 1, "ic": 1, "c": [1], "d": [None], "s": []}
+    pipe.table[ids_key(key, 0)] = [id_hash("old")]
+    (out,) = pipe.feed(ev("new-1", acct, "face.verify", ts=HOUR0 + 5))
+    assert out.error == 0
+    assert [a.rule_id for a, _ in out.alerts] == ["FR-001"]
+    assert pipe.table[key]["v"] == 2
