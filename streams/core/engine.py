@@ -44,6 +44,7 @@ MAX_IDS_PER_WINDOW = MAX_EXACT  # beyond this a window estimates (SPEC 4.1, 5)
 
 # returned for the many events that match no rule; never mutated
 NOTHING = Observation()
+NO_REVISIONS: list[Alert] = []  # returned by `expire` when nothing is due; never mutated
 
 
 def group_key(rule: Rule, ee: EnrichedEvent) -> str | None:
@@ -180,6 +181,7 @@ class Detector:
             lifecycle.set_rules(rules.rules)
         self.lifecycle = lifecycle
         self.watermark_ms = 0
+        self._swept_ms = -1  # replay's clock at its last pass (`expire`)
         self.index = RuleIndex(self.rules)
         self._values = {
             (r.id, i): _distinct_values(q)
@@ -251,6 +253,9 @@ class Detector:
         that a late event started beyond retention then lives until the clock next moves,
         so that the late events that follow it count with it and may fire it again.
         """
+        if self.watermark_ms <= self._swept_ms:  # the hot path: the clock did not move
+            return NO_REVISIONS
+        self._swept_ms = self.watermark_ms
         self.lifecycle.advance(0, self.watermark_ms)
         revisions, drops = self.sweep(0)
         for key in drops:
