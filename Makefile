@@ -17,12 +17,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Debian's kcat (a SOC analyst's Kafka reader) and prometheus/promtool, used by the tests
+# Debian's kcat (a SOC analyst's Kafka reader), prometheus/promtool, and chromium (the
+# headless browser that opens `frwatch replay --report` pages), used by the tests
 deps:
 	@missing=""; \
 	command -v kcat >/dev/null || missing="$$missing kcat"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -38,7 +40,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) deps
 	$(BIN)/pytest -q tests -m "not integration"
 
 integration: $(STAMP) deps broker-fetch

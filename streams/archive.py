@@ -1,19 +1,55 @@
-"""Archive files: JSON lines, plain or gzip, or `-` for stdin; opened and checked before use."""
+"""Archive files: JSON lines, plain or gzip, or `-` for stdin, and the directories that
+`frwatch archive` writes; opened and checked before use."""
 
 from __future__ import annotations
 
 import gzip
 import io
+import os
 import sys
 import zlib
 from collections.abc import Iterator
-from typing import BinaryIO
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from streams.archive_layout import (
+    ArchiveError,
+    ArchiveFile,
+    archived_files,
+    as_archive_file,
+    in_archive_dir,
+    is_archive_dir,
+)
+
+__all__ = ["ArchiveError", "expand_archives", "iter_lines", "open_archive"]
 
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-class ArchiveError(OSError):
-    """An archive that cannot be opened or read; the message names the file."""
+def expand_archives(paths: list[str]) -> list[tuple[str, BinaryIO]]:
+    """Every input opened (or, for the files of archive directories, checked), in order.
+
+    A directory written by `frwatch archive` stands for its files in the archive's order
+    (`streams.archive_layout.archived_files`); one of its files named alone is read with
+    its escape lines decoded too. Any other directory is an error.
+    """
+    out: list[tuple[str, BinaryIO]] = []
+    for p in paths:
+        if p != "-" and os.path.isdir(p):
+            if not is_archive_dir(p):
+                raise ArchiveError(f"{p}: a directory, but not one written by frwatch archive")
+            for f in archived_files(Path(p)):
+                out.append((str(f.path), _archive_file(str(f.path))))
+        elif p != "-" and in_archive_dir(p):
+            out.append((p, _archive_file(p)))
+        else:
+            out.append((p, open_archive(p)))
+    return out
+
+
+def _archive_file(path: str) -> BinaryIO:
+    # read only through iter_lines (and publish's reader), which know it by its type
+    return cast(BinaryIO, ArchiveFile(path))
 
 
 def open_archive(path: str) -> BinaryIO:
@@ -48,7 +84,15 @@ def _check_gzip(path: str, fh: BinaryIO) -> None:
 
 
 def iter_lines(path: str, fh: BinaryIO) -> Iterator[tuple[int, bytes]]:
-    """(physical line number, line) of non-blank lines, without their LF or CRLF."""
+    """(physical line number, line) of non-blank lines, without their LF or CRLF.
+
+    For a file of an archive directory: (line number, message value) of every line, the
+    values as sent (blank or multi-line ones too: docs/formats.md).
+    """
+    archived = as_archive_file(fh)
+    if archived is not None:
+        yield from archived.values()
+        return
     try:
         for n, line in enumerate(fh, start=1):
             line = line.rstrip(b"\r\n")

@@ -15,6 +15,8 @@ from typing import Any
 NO_INSTANCE_ID = "none"
 # FRWATCH_RULES value that makes workers follow the rules topic (SPEC 4.3)
 RULES_FROM_KAFKA = "kafka:"
+# FRWATCH_MODE values: a live worker, or one re-running an archive from a replay topic
+MODES = ("live", "replay")
 # what Kafka accepts as group.instance.id
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -97,6 +99,13 @@ SETTINGS: tuple[tuple[str, str, str, str], ...] = (
         "seconds without input after which a requests partition stops holding the"
         " retention clock back (SPEC 4.1)",
     ),
+    (
+        "mode",
+        "FRWATCH_MODE",
+        "live",
+        "live, or replay for a worker that re-runs an archive published to a replay topic"
+        " (its own app id): no future-timestamp check, alerts carry mode replay",
+    ),
 )
 
 
@@ -124,6 +133,13 @@ class Settings:
     topic_rules: str = "frwatch.rules"
     #: a built-in format's name or a format file (docs/input-formats.md)
     input_format: str = "frwatch"
+    #: `live`, or `replay`: no future-timestamp check, alerts say `mode: replay` (SPEC 6)
+    mode: str = "live"
+
+    @property
+    def replay_mode(self) -> bool:
+        """FRWATCH_MODE=replay: the input is an archive, not traffic of the wall clock's now."""
+        return self.mode == "replay"
 
     @property
     def rules_from_kafka(self) -> bool:
@@ -223,6 +239,9 @@ def _validated(raw: Mapping[str, str]) -> Settings:
         raise SettingsError(
             f"{env_name('instance_id')}: {instance_id!r} is not 1..249 of A-Z a-z 0-9 . _ -"
         )
+    mode = raw["mode"].strip().lower() or "live"
+    if mode not in MODES:
+        raise SettingsError(f"{env_name('mode')}: {mode!r} is not one of {', '.join(MODES)}")
     return Settings(
         broker=",".join(hosts),
         app_id=raw["app_id"].strip(),
@@ -243,6 +262,7 @@ def _validated(raw: Mapping[str, str]) -> Settings:
         data_dir=raw["data_dir"].strip() or None,
         instance_id=instance_id or None,
         input_format=raw["input_format"].strip() or "frwatch",
+        mode=mode,
     )
 
 

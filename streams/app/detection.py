@@ -19,10 +19,15 @@ from streams.core.classify import EnrichedEvent
 from streams.core.engine import Detector
 from streams.core.rules import RuleSet
 from streams.core.state import ID_CHUNK, WindowLifecycle, WindowState
-from topics.accounts import AccountRecord
 from topics.alerts import Alert
 from topics.dlq import INTERNAL_ERROR, DeadLetter, Rejection
-from topics.requests import RequestEvent, parse_request_record
+from topics.stage2 import (
+    Stage2Error,
+    Watermark,
+    decode_forward,
+    decode_forwards,
+    is_forwards,
+)
 from topics.window_state import WindowValue
 
 
@@ -206,12 +211,6 @@ class Detected:
     error: int = 0
 
 
-def watermark_message(inputs: int, marks: list[tuple[int, int, bool]]) -> bytes:
-    """A stage-2 watermark record: per input partition, its highest valid event time and
-    whether it is idle (SPEC 4.1); `inputs` is the number of input partitions."""
-    return orjson.dumps({"v": 1, "n": inputs, "wm": [[p, wm, idle] for p, wm, idle in marks]})
-
-
 def low_watermark(inputs: int, marks: dict[int, tuple[int, bool]]) -> int | None:
     """The lowest event time over the input partitions that are not idle.
 
@@ -265,6 +264,7 @@ class DetectStage:
             "o": Detector(rules, self.store, "org_id", self.lifecycle),
         }
         self.classification = rules.classification
+        self.rules_sha256 = rules.sha256
 
     @property
     def clocks(self) -> dict[int, int]:
@@ -273,8 +273,8 @@ class DetectStage:
 
     @staticmethod
     def is_watermark(value: bytes) -> bool:
-        """Whether a stage-2 message is a watermark record (not routed items)."""
-        return value.startswith(b'{"v":')
+        """Whether a stage-2 message is a watermark record (not forwards)."""
+        return not is_forwards(value)
 
     def clock(self, partition: int) -> int:
         """The retention clock of a detect partition (0 before anything is known)."""
@@ -282,48 +282,73 @@ class DetectStage:
 
     def report(self, partition: int, value: bytes) -> bool:
         """Apply a watermark record; True when the partition's clock moved (and was stored)."""
-        msg = orjson.loads(value)
+        mark = Watermark.from_wire(value)
         marks = self.marks.setdefault(partition, {})
-        for p, wm, idle in msg["wm"]:
-            marks[int(p)] = (int(wm), bool(idle))
-        low = low_watermark(int(msg["n"]), marks)
+        for p, wm, idle in mark.marks:
+            marks[p] = (wm, idle)
+        low = low_watermark(mark.inputs, marks)
         if low is None:
             return False
         return self.lifecycle.advance(partition, low)
 
     def observe(self, value: bytes, topic: str, partition: int, offset: int) -> Detected:
-        """Every item of one stage-2 message."""
+        """Every item of one forwards message (`topics.stage2`).
+
+        The events were validated, enriched and matched at ingest: an item is only checked
+        for shape, and its rules are the ones that matched there when the message was routed
+        under the rules in force here (else, around a rules change, they are matched again).
+        """
         out = Detected()
-        for item in orjson.loads(value)["items"]:
+        try:
+            msg = decode_forwards(value)
+        except Stage2Error as exc:
+            self._dead_letter(
+                out, exc, value.decode("utf-8", "replace"), 1, topic, partition, offset
+            )
+            return out
+        trusted = msg.version >= 1 and msg.rules_sha256 == self.rules_sha256
+        for item in msg.items:
             try:
-                ev = parse_request_record(item["e"])
-                if not isinstance(ev, RequestEvent):
-                    raise ValueError(f"routed event failed validation: {ev}")
-                account = AccountRecord.from_wire(item["a"]) if item["a"] is not None else None
-                obs = self.detectors[item["s"]].observe(
-                    EnrichedEvent(ev, account, self.classification)
+                fwd = decode_forward(item)
+                obs = self.detectors[fwd.scope].observe(
+                    EnrichedEvent(fwd.event, fwd.account, self.classification),
+                    fwd.rule_ids if trusted else None,
                 )
             except Exception as exc:  # a deterministic bug: dead-letter, count, go on
-                out.error += item.get("c", 1)
-                out.dead_letters.append(
-                    DeadLetter(
-                        Rejection(INTERNAL_ERROR, None, f"{type(exc).__name__}: {exc}"),
-                        orjson.dumps(item.get("e")).decode(),
-                        topic,
-                        partition,
-                        offset,
-                    )
-                )
+                counts = item.get("c", 1) if isinstance(item, dict) else 1
+                text = orjson.dumps(item.get("e") if isinstance(item, dict) else item).decode()
+                self._dead_letter(out, exc, text, counts, topic, partition, offset)
                 continue
             out.matches.update(obs.matched)
-            if item["c"]:
+            if fwd.counts:
                 if obs.duplicate:
                     out.duplicate += 1
                 else:
                     out.processed += 1
-            out.alerts.extend((a, item["k"]) for a in obs.alerts)
+            out.alerts.extend((a, fwd.kafka_ts_ms) for a in obs.alerts)
             out.updates.extend(obs.updates)
         return out
+
+    @staticmethod
+    def _dead_letter(
+        out: Detected,
+        exc: Exception,
+        text: str,
+        counts: int,
+        topic: str,
+        partition: int,
+        offset: int,
+    ) -> None:
+        out.error += counts
+        out.dead_letters.append(
+            DeadLetter(
+                Rejection(INTERNAL_ERROR, None, f"{type(exc).__name__}: {exc}"),
+                text,
+                topic,
+                partition,
+                offset,
+            )
+        )
 
     def forget_partitions(self) -> None:
         """After a rebalance: clocks and lifecycle indexes are read from the table again."""

@@ -29,7 +29,7 @@ from streams import __version__
 from streams.app.account_feed import AccountFeed
 from streams.app.codecs import RawBytes
 from streams.app.delivery import Delivery, delivery_failures_counter
-from streams.app.detection import DetectStage, watermark_message
+from streams.app.detection import DetectStage
 from streams.app.fastpath import FrwatchApp
 from streams.app.in_order import SettlerStopped, ingest_in_order
 from streams.app.metrics import FAUST_PREFIX, DetectorMetrics
@@ -46,6 +46,7 @@ from topics.alerts import Alert
 from topics.catalog import detect_topic_name, windows_table_name
 from topics.dlq import INTERNAL_ERROR, DeadLetter, Rejection, raw_text
 from topics.formats import InputFormat
+from topics.stage2 import watermark_message
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,14 @@ def build_app(
     detect_topic = app.topic(detect_name, internal=True, partitions=settings.partitions, **raw)
     windows = app.Table(windows_table_name(), default=None, partitions=settings.partitions)
 
-    router = Router(rules, directory, settings.partitions, forward_limit_bytes, input_format)
+    router = Router(
+        rules,
+        directory,
+        settings.partitions,
+        forward_limit_bytes,
+        input_format,
+        check_future=not settings.replay_mode,
+    )
     stage = DetectStage(rules, windows, settings.partitions)
     metrics.watch_window_states(stage.store.entries_by_rule)
     in_force = RulesInForce(rules, rules_data or b"")
@@ -378,7 +386,7 @@ def build_app(
             [
                 delivery.send(
                     settings.topic_alerts,
-                    a.to_json("live", detected_at, __version__),
+                    a.to_json(settings.mode, detected_at, __version__),
                     a.alert_id.encode(),
                 )
                 for a in revisions
@@ -499,6 +507,7 @@ class ScreeningSwitch:
             rules.sha256,
             input_format=None if fmt is None else fmt.path,
             format_sha256="" if fmt is None else fmt.sha256,
+            mode=self.settings.mode,
         )
 
     async def start(self, rules: RuleSet, data: bytes) -> ScreeningPool | None:

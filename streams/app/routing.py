@@ -28,13 +28,15 @@ from topics.requests import (
     record_text,
     request_records,
 )
+from topics.stage2 import envelope_bytes, forward_item, forward_messages
 
 FUTURE_TOLERANCE_MS = 5 * 60_000
+#: above every accepted ts (SPEC 2.1 bounds them): the limit of a worker in replay mode
+NO_FUTURE_LIMIT = 2**63 - 1
 #: the default bound of one message to the detect topic (its max.message.bytes is larger)
 MAX_FORWARD_MESSAGE_BYTES = 512 * 1024
 #: room left in a message for Kafka's record-batch framing, key and headers
 MESSAGE_OVERHEAD_BYTES = 512
-_ENVELOPE = (b'{"items":[', b"]}")
 SCOPES = (("account_id", "a"), ("org_id", "o"))  # the order of streams.core.engine.SCOPE_ORDER
 
 
@@ -118,9 +120,16 @@ class Screened:
 class Screen:
     """Decode, validate, classify and gate the records of one message: pure, no directory."""
 
-    def __init__(self, rules: RuleSet, input_format: InputFormat | None = None) -> None:
-        """`input_format`: how to map input of another schema (None: frwatch's own)."""
+    def __init__(
+        self, rules: RuleSet, input_format: InputFormat | None = None, check_future: bool = True
+    ) -> None:
+        """`input_format`: how to map input of another schema (None: frwatch's own).
+
+        `check_future` false (FRWATCH_MODE=replay): no record is rejected for a ts ahead of
+        the wall clock, since an archive's time is not the wall clock's (SPEC 2.3, 6).
+        """
         self.input_format = input_format
+        self.check_future = check_future
         self.index = RuleIndex(rules.rules)
         self.rules_sha256 = rules.sha256
         self.classification = rules.classification
@@ -145,7 +154,7 @@ class Screen:
         else:
             records, batched, out.skipped = found  # type: ignore[misc]
         out.batched = batched
-        future_limit = now_ms + FUTURE_TOLERANCE_MS
+        future_limit = now_ms + FUTURE_TOLERANCE_MS if self.check_future else NO_FUTURE_LIMIT
         admitting = self.index.admitting
         gates = self.index.cached  # admitting's answers, looked up without a call
         classification = self.classification
@@ -244,6 +253,7 @@ class Router:
         partitions: int,
         max_message_bytes: int = MAX_FORWARD_MESSAGE_BYTES,
         input_format: InputFormat | None = None,
+        check_future: bool = True,
     ) -> None:
         """`max_message_bytes`: the detect topic's `max.message.bytes` (or less).
 
@@ -256,6 +266,7 @@ class Router:
         self.partitions = partitions
         self.max_value_bytes = max_message_bytes - MESSAGE_OVERHEAD_BYTES
         self.input_format = input_format
+        self.check_future = check_future  # false in replay mode (Screen)
         self.set_rules(rules)
 
     def set_rules(self, rules: RuleSet) -> None:
@@ -264,8 +275,9 @@ class Router:
             (tag, RuleIndex(tuple(r for r in rules.rules if r.group_by == scope)))
             for scope, tag in SCOPES
         )
-        self.screen = Screen(rules, self.input_format)
+        self.screen = Screen(rules, self.input_format, self.check_future)
         self.classification = rules.classification
+        self.rules_sha256 = rules.sha256
 
     def route(
         self,
@@ -315,12 +327,12 @@ class Router:
         event_ts = out.event_ts_ms
         forwarded = 0
         account_of = self.directory.get
-        limit = self.max_value_bytes - len(_ENVELOPE[0]) - len(_ENVELOPE[1])
+        limit = self.max_value_bytes - envelope_bytes()
         serialized: dict[int, list[bytes]] = {}
         for rec, ts_ms in screened.gated:
             try:
                 account = account_of(rec["account_id"])
-                forwards = self._plan(build_event(rec, ts_ms), account, kafka_ts_ms)
+                forwards = self._plan(rec, build_event(rec, ts_ms), account, kafka_ts_ms)
                 values = [orjson.dumps(item) for _, item in forwards]
                 too_big = max(map(len, values), default=0)
                 if too_big > limit:
@@ -351,55 +363,51 @@ class Router:
                 out.forwards.setdefault(dest, []).append(item)
                 serialized.setdefault(dest, []).append(data)
         for dest, datas in serialized.items():
-            out.forward_messages.extend((dest, m) for m in _split_items(datas, limit))
+            out.forward_messages.extend(
+                (dest, m) for m in forward_messages(datas, limit, self.rules_sha256)
+            )
         routed = len(event_ts)
         out.hits, out.misses, out.processed = routed - misses, misses, routed - forwarded
         return out
 
     def _plan(
-        self, ev: RequestEvent, account: AccountRecord | None, kafka_ts_ms: int
+        self,
+        event_wire: dict[str, Any],
+        ev: RequestEvent,
+        account: AccountRecord | None,
+        kafka_ts_ms: int,
     ) -> list[tuple[int, dict[str, Any]]]:
-        """Where the copies of a record that some rule may match go (empty: none matches)."""
+        """Where the copies of a record that some rule may match go (empty: none matches).
+
+        One copy per scope whose rules match (all rules of a scope share its group key), with
+        the ids of the rules that matched, so that detect does not match them again
+        (`topics.stage2`); `event_wire` is the record as `RequestEvent.to_wire` normalised it.
+        """
         ee = EnrichedEvent(ev, account, self.classification)
         forwards: list[tuple[int, dict[str, Any]]] = []
         for tag, index in self.scoped:
-            keys = {
-                gk
-                for r in index.candidates(ee)
-                if r.match(ee) and (gk := group_key(r, ee)) is not None
-            }
-            for gk in keys:
-                item = {
-                    "s": tag,
-                    "e": ev.to_wire(),
-                    "a": _account_wire(account),
-                    "k": kafka_ts_ms,
-                    # the first copy counts the record in frwatch_events_total
-                    "c": 0 if forwards else 1,
-                }
-                forwards.append((destination(gk, self.partitions), item))
+            matched = [
+                r for r in index.candidates(ee) if r.match(ee) and group_key(r, ee) is not None
+            ]
+            if not matched:
+                continue
+            gk = group_key(matched[0], ee)
+            assert gk is not None
+            item = forward_item(
+                tag,
+                event_wire,
+                _account_wire(account),
+                kafka_ts_ms,
+                # the first copy counts the record in frwatch_events_total
+                not forwards,
+                [r.id for r in matched],
+            )
+            forwards.append((destination(gk, self.partitions), item))
         return forwards
 
 
 class ForwardTooLarge(Exception):
     """A record's forward alone exceeds the detect topic's message size."""
-
-
-def _split_items(items: list[bytes], limit: int) -> list[bytes]:
-    """`{"items": [...]}` messages of serialised items, in order, each within `limit` + envelope."""
-    messages: list[bytes] = []
-    chunk: list[bytes] = []
-    size = 0
-    for data in items:
-        # each item after the first costs a comma
-        if chunk and size + 1 + len(data) > limit:
-            messages.append(_ENVELOPE[0] + b",".join(chunk) + _ENVELOPE[1])
-            chunk, size = [], 0
-        size += len(data) + (1 if chunk else 0)
-        chunk.append(data)
-    if chunk:
-        messages.append(_ENVELOPE[0] + b",".join(chunk) + _ENVELOPE[1])
-    return messages
 
 
 def _account_wire(account: AccountRecord | None) -> dict[str, Any] | None:

@@ -97,7 +97,8 @@ def serve(sock: socket.socket, screen: Screen, hello_says: str) -> None:
 
 
 def main(argv: list[str], screen_type: type[Screen] = Screen) -> int:
-    """`python -m streams.app.screening FD [RULES [FORMAT]]`: serve the worker on socket FD."""
+    """`python -m streams.app.screening FD [RULES [FORMAT [MODE]]]`: serve the worker on
+    socket FD (MODE `replay`: no future-timestamp check)."""
     # a Ctrl-C at the terminal is the worker's to handle: this process ends when it hangs up
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[0]))
@@ -114,7 +115,8 @@ def main(argv: list[str], screen_type: type[Screen] = Screen) -> int:
         return 2
     says = hello_text(rules.sha256, "" if input_format is None else input_format.sha256)
     with contextlib.suppress(BrokenPipeError, ConnectionResetError, KeyboardInterrupt):
-        serve(sock, screen_type(rules, input_format), says)
+        check_future = not (len(argv) > 3 and argv[3] == "replay")
+        serve(sock, screen_type(rules, input_format, check_future), says)
     return 0
 
 
@@ -138,9 +140,12 @@ class ScreeningProcess:
         command: Sequence[str] = COMMAND,
         input_format: str | None = None,
         format_sha256: str = "",
+        mode: str = "live",
     ) -> None:
-        """`input_format`: the format file or built-in name, `format_sha256` its sha256."""
+        """`input_format`: the format file or built-in name, `format_sha256` its sha256;
+        `mode`: FRWATCH_MODE (replay: no future-timestamp check)."""
         self.command = tuple(command)
+        self.mode = mode
         self.rules_path = rules_path
         self.rules_sha256 = rules_sha256
         self.input_format = input_format
@@ -211,7 +216,12 @@ class ScreeningProcess:
                     *self.command,
                     str(theirs.fileno()),
                     self.rules_path or "",
-                    *([self.input_format] if self.input_format else []),
+                    *(
+                        [self.input_format or ""]
+                        if self.input_format or self.mode != "live"
+                        else []
+                    ),
+                    *([self.mode] if self.mode != "live" else []),
                 ],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
@@ -332,6 +342,7 @@ class ScreeningPool:
         command: Sequence[str] = COMMAND,
         input_format: str | None = None,
         format_sha256: str = "",
+        mode: str = "live",
     ) -> None:
         self.members = [
             ScreeningProcess(
@@ -341,6 +352,7 @@ class ScreeningPool:
                 command,
                 input_format,
                 format_sha256,
+                mode,
             )
             for i in range(processes)
         ]

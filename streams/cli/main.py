@@ -88,7 +88,43 @@ def build_parser() -> OneLineParser:
         " [env FRWATCH_INPUT_FORMAT, default frwatch]",
     )
     r.add_argument("--out", metavar="FILE", help="write alerts here (default stdout)")
-    r.add_argument("archives", nargs="+", metavar="ARCHIVE", help="JSON-lines file, .gz, or -")
+    inv = r.add_argument_group("investigation (docs/investigations.md)")
+    inv.add_argument(
+        "--since", metavar="T", help="evaluate records from this event time (RFC 3339)"
+    )
+    inv.add_argument(
+        "--until", metavar="T", help="evaluate records before this event time (exclusive)"
+    )
+    inv.add_argument(
+        "--account",
+        action="append",
+        metavar="ID",
+        help="evaluate this account's records (repeatable)",
+    )
+    inv.add_argument(
+        "--org",
+        action="append",
+        metavar="ID",
+        help="evaluate the records of this organisation's accounts, per --accounts (repeatable)",
+    )
+    inv.add_argument(
+        "--compare-rules",
+        metavar="OLD",
+        help="also run the rules file OLD and print, per rule, the alerts only under OLD, only"
+        " under the new rules and under both (instead of the alerts, which go to --out)",
+    )
+    inv.add_argument("--json", action="store_true", help="the comparison as JSON lines")
+    inv.add_argument(
+        "--report",
+        metavar="FILE.html",
+        help="write a self-contained HTML page: alerts, evidence and a timeline per alert",
+    )
+    r.add_argument(
+        "archives",
+        nargs="+",
+        metavar="ARCHIVE",
+        help="JSON-lines file, .gz, -, or a directory written by frwatch archive",
+    )
 
     rules = sub.add_parser("rules", help="show or check rules")
     rsub = rules.add_subparsers(dest="rules_command", metavar="ACTION", parser_class=OneLineParser)
@@ -160,8 +196,61 @@ def build_parser() -> OneLineParser:
         help="stop (exit 2, saying how far it got) after this long without an "
         "acknowledgement from Kafka (default 60)",
     )
-    pub.add_argument("archives", nargs="+", metavar="ARCHIVE")
+    pub.add_argument(
+        "archives",
+        nargs="+",
+        metavar="ARCHIVE",
+        help="JSON-lines file, .gz, -, or a directory written by frwatch archive",
+    )
     _settings_flags(pub, KAFKA)
+
+    arc = sub.add_parser(
+        "archive",
+        help="copy the requests topic into hourly gzip JSON-lines files, for replay",
+        description=(
+            "Copy the requests topic into DIR as it arrives: gzip JSON-lines files by hour "
+            "(of the Kafka timestamp, UTC) and partition, each message's value as sent, one "
+            "line a message (docs/formats.md). A file is complete (fsynced, renamed) before "
+            "its offsets are committed in the group <app id>-archive, so a crash loses "
+            "nothing and a restart writes no message twice. Runs until SIGTERM/SIGINT, then "
+            "completes its open files and commits. Metrics frwatch_archive_* on /metrics at "
+            "--web-bind:--web-port (docs/operations.md)."
+        ),
+    )
+    arc.add_argument("--dir", required=True, metavar="DIR", help="the archive directory")
+    arc.add_argument(
+        "--keep-days",
+        type=int,
+        metavar="N",
+        help="remove hours that ended more than N days ago (default: keep everything)",
+    )
+    arc.add_argument(
+        "--max-file-bytes",
+        type=int,
+        default=64 << 20,
+        metavar="N",
+        help="complete a file once its lines hold N bytes, uncompressed (default 64 MiB)",
+    )
+    arc.add_argument(
+        "--max-file-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="complete a file once it has been open S seconds, so that commits advance "
+        "(default 60)",
+    )
+    _settings_flags(
+        arc,
+        (
+            "broker",
+            "kafka_config",
+            "app_id",
+            "topic_requests",
+            "web_bind",
+            "web_port",
+            "instance_id",
+        ),
+    )
 
     al2 = sub.add_parser("alerts", help="read alerts")
     alsub = al2.add_subparsers(dest="alerts_command", metavar="ACTION", parser_class=OneLineParser)
@@ -252,6 +341,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from streams.app.worker import run_worker
 
         return run_worker(settings, args.loglevel)
+    if cmd == "archive":
+        from streams.cli.archive_cmd import run_archive
+
+        return run_archive(args, settings)
     from streams.cli import ops
 
     handlers: dict[str, Any] = {

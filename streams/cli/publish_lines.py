@@ -13,13 +13,15 @@ from typing import Any, BinaryIO
 import orjson
 
 from streams.archive import ArchiveError
+from streams.archive_layout import as_archive_file
 from streams.replay import open_all
 from topics.requests import batch_envelope, is_batch
 
 
 @dataclass(frozen=True, slots=True)
 class ArchiveLine:
-    """A non-blank line; `number` counts physical lines over every archive, in order, from 1."""
+    """A non-blank line (or a message of an archive directory, which may be blank); `number`
+    counts physical lines over every archive, in order, from 1."""
 
     number: int
     path: str
@@ -69,6 +71,14 @@ def _numbered(opened: list[tuple[str, BinaryIO]], index: LineIndex | None) -> It
         if index is not None:
             index.begin(name, offset)
         n = 0
+        archived = as_archive_file(fh)
+        if archived is not None:
+            # a file of an archive directory: one message value a line, sent as it was
+            # archived (a blank or multi-line value too)
+            for n, value in archived.values():
+                yield ArchiveLine(offset + n, name, n, value)
+            offset += n
+            continue
         try:
             for n, raw in enumerate(fh, start=1):
                 text = raw.rstrip(b"\r\n")

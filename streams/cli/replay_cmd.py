@@ -9,6 +9,8 @@ from typing import BinaryIO
 
 from streams.archive import ArchiveError
 from streams.core.rules import RulesError, load_rules
+from streams.investigate.report import ReportError
+from streams.investigate.session import Investigation, InvestigationError
 from streams.replay import load_accounts, open_all, replay, stderr_progress
 from topics.accounts import AccountDirectory
 from topics.formats import FormatError, describe_problem, load_format
@@ -34,6 +36,10 @@ def run_replay(args: argparse.Namespace) -> int:
     except FormatError as exc:
         return _fail(describe_problem(exc))
     try:
+        investigation = Investigation.from_args(args, rules)
+    except InvestigationError as exc:
+        return _fail(str(exc))
+    try:
         archives = open_all(args.archives)
         accounts = (
             load_accounts(args.accounts, lambda m: print(m, file=sys.stderr))
@@ -42,24 +48,32 @@ def run_replay(args: argparse.Namespace) -> int:
         )
     except (ArchiveError, ValueError) as exc:
         return _fail(str(exc))
-    out: BinaryIO
+    out: BinaryIO | None
     if args.out:
         try:
             out = open(args.out, "wb")  # noqa: SIM115 - closed below
         except OSError as exc:
             return _fail(f"{args.out}: cannot write: {exc.strerror or exc}")
     else:
-        out = sys.stdout.buffer
+        out = None if investigation.replaces_stdout else sys.stdout.buffer
     try:
         summary = replay(
-            archives, rules, accounts, out, stderr_progress(), input_format=input_format
+            archives,
+            rules,
+            accounts,
+            investigation.output(out),
+            stderr_progress(),
+            input_format=input_format,
+            select=investigation.select,
+            taps=investigation.taps,
         )
-    except ArchiveError as exc:
+        investigation.conclude(summary, sys.stdout)
+    except (ArchiveError, ReportError) as exc:
         return _fail(str(exc))
     except BrokenPipeError:
         return 0
     finally:
-        if args.out:
+        if args.out and out is not None:
             out.close()
     print(summary.to_json(), file=sys.stderr)
     return 0

@@ -198,15 +198,20 @@ class Detector:
             r for r in self.index.candidates(ee) if r.match(ee) and group_key(r, ee) is not None
         ]
 
-    def observe(self, ee: EnrichedEvent) -> Observation:
-        """Count the event in every window it belongs to; return the revisions it causes."""
+    def observe(self, ee: EnrichedEvent, matched: tuple[str, ...] | None = None) -> Observation:
+        """Count the event in every window it belongs to; return the revisions it causes.
+
+        `matched`: the ids of the rules that match it, when the caller knows them (the live
+        detect stage: ingest matched them under the same rules); None: match here.
+        """
         ts = ee.event.ts_ms
         if ts > self.watermark_ms:
             self.watermark_ms = ts
         obs = NOTHING
         primary = None
-        for rule in self.index.candidates(ee):
-            if not rule.match(ee):
+        rules = self.index.candidates(ee) if matched is None else self._known(matched)
+        for rule in rules:
+            if matched is None and not rule.match(ee):
                 continue
             gk = group_key(rule, ee)
             if gk is None:
@@ -238,6 +243,10 @@ class Detector:
                 if st is not None and st.alert is not None:
                     st.alert.related = list(related)
                     self.store.put(key, st)
+
+    def _known(self, rule_ids: tuple[str, ...]) -> list[Rule]:
+        """These rules of this detector, in its order (ids of other scopes are left out)."""
+        return [r for r in self.rules if r.id in rule_ids]
 
     def _key_of(self, a: Alert) -> str:
         rule = self.rule_set.by_id(a.rule_id)

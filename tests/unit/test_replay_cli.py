@@ -192,7 +192,16 @@ def test_demo_archive_fires_each_rule_once_with_complete_alerts(
     assert got["FR-001"]["observed"] == {"count": 1, "distinct": None, "estimated": False}
 
     summary = r.summary
-    assert set(summary) == {"events", "malformed", "skipped", "duplicates", "alerts", "seconds"}
+    assert set(summary) == {
+        "events",
+        "malformed",
+        "skipped",
+        "selected",
+        "duplicates",
+        "alerts",
+        "seconds",
+    }
+    assert summary["selected"] == len(demo_events)
     assert summary["events"] == len(demo_events)
     assert (summary["malformed"], summary["duplicates"], summary["alerts"]) == (0, 0, 10)
     assert isinstance(summary["seconds"], int | float) and summary["seconds"] >= 0
@@ -289,6 +298,7 @@ def test_empty_archive(tmp_path: Path) -> None:
         "events": 0,
         "malformed": 0,
         "skipped": 0,
+        "selected": 0,
         "duplicates": 0,
         "alerts": 0,
         "seconds": 0,
@@ -369,6 +379,7 @@ def test_duplicates_are_counted(tmp_path: Path) -> None:
         "events": 5,
         "malformed": 0,
         "skipped": 0,
+        "selected": 5,
         "duplicates": 2,
         "alerts": 2,
         "seconds": 0,

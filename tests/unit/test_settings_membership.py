@@ -68,3 +68,18 @@ def test_input_format_setting() -> None:
     env = {"FRWATCH_INPUT_FORMAT": " azure-resource-log "}
     assert settings_from_env(env).input_format == "azure-resource-log"
     assert settings_from_env(env, {"input_format": "/etc/f.yaml"}).input_format == "/etc/f.yaml"
+
+
+def test_frwatch_mode_is_live_or_replay() -> None:
+    from streams.settings import SettingsError, settings_from_env
+
+    assert settings_from_env({}).mode == "live"
+    assert not settings_from_env({}).replay_mode
+    assert settings_from_env({"FRWATCH_MODE": "replay"}).replay_mode
+    assert settings_from_env({}, overrides={"mode": "replay"}).mode == "replay"
+    try:
+        settings_from_env({"FRWATCH_MODE": "offline"})
+    except SettingsError as exc:
+        assert "FRWATCH_MODE" in str(exc)
+    else:
+        raise AssertionError("an unknown mode must be refused")

@@ -18,7 +18,6 @@ from streams.app.detection import (
     TableWindowStore,
     ids_key,
     samples_key,
-    watermark_message,
 )
 from streams.app.routing import Router, destination
 from streams.core.classify import EnrichedEvent
@@ -41,6 +40,7 @@ from topics.accounts import AccountDirectory
 from topics.alerts import Alert, alert_id
 from topics.dlq import INTERNAL_ERROR
 from topics.requests import RequestEvent, parse_request_record
+from topics.stage2 import watermark_message
 from topics.window_state import WindowValue
 
 DETECT_TOPIC = "frwatch-detect"
@@ -74,7 +74,10 @@ class Pipeline:
         routed = self.router.route(orjson.dumps(record), "api.requests", 0, 0, kafka_ts_ms, NOW)
         self.processed += routed.processed
         self.high_ms = max([self.high_ms, *routed.event_ts_ms])
-        return {p: orjson.dumps({"items": its}) for p, its in routed.forwards.items()}
+        # the messages as the worker sends them (`topics.stage2`, trusted by detect)
+        out = dict(routed.forward_messages)
+        assert len(out) == len(routed.forward_messages)
+        return out
 
     def detect(self, partition: int, value: bytes) -> Any:
         out = self.stage.observe(value, DETECT_TOPIC, partition, self.offsets[partition])
@@ -655,3 +658,33 @@ def test_a_window_state_of_an_older_shape_is_ignored_never_an_error() -> None:
     assert out.error == 0
     assert [a.rule_id for a, _ in out.alerts] == ["FR-001"]
     assert pipe.table[key]["v"] == 2
+
+
+def test_detect_trusts_the_rules_ingest_matched_only_under_the_same_rules() -> None:
+    """A version-1 message routed under the rules in force is not matched again; one routed
+    under other rules (around a change) or without a version is."""
+    pipe = Pipeline()
+    ((part, value),) = pipe.messages(ev("fr-1", "acct-metro-pd", "face.verify")).items()
+    msg = orjson.loads(value)
+    assert msg["v"] == 1 and msg["rules"] == RULES.sha256
+    hollow = [{**it, "r": []} for it in msg["items"]]  # as if ingest had matched nothing
+
+    def alerts(envelope: dict[str, Any]) -> list[str]:
+        stage = DetectStage(RULES, {}, PARTITIONS)
+        out = stage.observe(orjson.dumps(envelope), DETECT_TOPIC, part, 0)
+        assert not out.dead_letters
+        return [a.rule_id for a, _ in out.alerts]
+
+    assert "FR-001" in alerts(msg)
+    assert alerts({**msg, "items": hollow}) == []  # trusted: no second classification
+    assert "FR-001" in alerts({**msg, "items": hollow, "rules": "0" * 64})
+    assert "FR-001" in alerts({"items": hollow})
+
+
+def test_a_forwards_message_of_an_unknown_version_is_dead_lettered_whole() -> None:
+    stage = DetectStage(RULES, {}, PARTITIONS)
+    out = stage.observe(b'{"items":[],"v":9,"rules":""}', DETECT_TOPIC, 1, 5)
+    (dl,) = out.dead_letters
+    assert dl.rejection.reason == INTERNAL_ERROR
+    assert "version 9" in dl.rejection.detail
+    assert (dl.partition, dl.offset) == (1, 5)

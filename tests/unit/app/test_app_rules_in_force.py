@@ -14,13 +14,14 @@ import orjson
 import pytest
 from aiokafka import ConsumerRecord
 
-from streams.app.detection import DetectStage, watermark_message
+from streams.app.detection import DetectStage
 from streams.app.routing import Router, Screen
 from streams.app.rules_in_force import RULES_KEY, RulesFeed, RulesInForce, rules_snapshot
 from streams.core.rules import RuleSet, builtin_rules_bytes, parse_rules
 from streams.core.state import split_window_key
 from streams.synthetic import DEFAULT_START_MS, HOUR_MS, sample_directory
 from topics.alerts import Alert
+from topics.stage2 import watermark_message
 
 CATALOG = builtin_rules_bytes()
 RULES = parse_rules(CATALOG, "catalog.yaml")

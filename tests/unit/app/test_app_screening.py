@@ -270,3 +270,29 @@ def test_a_process_with_another_input_format_is_refused(tmp_path: Path) -> None:
             await pool.start()
 
     run(main)
+
+
+def test_replay_mode_has_no_future_timestamp_check_here_and_in_the_processes() -> None:
+    """FRWATCH_MODE=replay (SPEC 6): a record hours ahead of the wall clock is evaluated."""
+    ahead = orjson.dumps(
+        {
+            "event_id": "fut-1",
+            "ts": NOW + 3 * 3_600_000,
+            "account_id": "acct-a",
+            "operation": "face.identify",
+        }
+    )
+    live = Screen(RULES).screen(ahead, NOW)
+    assert live.rejected == 1 and live.letters[0][0].reason == "future_timestamp"
+    here = Screen(RULES, None, check_future=False).screen(ahead, NOW)
+    assert here.rejected == 0 and here.gated
+
+    async def main() -> None:
+        pool = ScreeningPool(1, None, RULES.sha256, mode="replay")
+        await pool.start()
+        try:
+            assert await pool.submit(ahead, NOW) == here
+        finally:
+            await pool.stop()
+
+    run(main)
