@@ -11,6 +11,8 @@ from streams.core.conditions import FIELDS
 from streams.core.rules import Requirement, Rule, RuleSet
 from streams.core.state import (
     MAX_EXACT,
+    NOTHING_DUE,
+    Due,
     WindowLifecycle,
     WindowState,
     WindowStore,
@@ -45,6 +47,7 @@ MAX_IDS_PER_WINDOW = MAX_EXACT  # beyond this a window estimates (SPEC 4.1, 5)
 # returned for the many events that match no rule; never mutated
 NOTHING = Observation()
 NO_REVISIONS: list[Alert] = []  # returned by `expire` when nothing is due; never mutated
+NO_DROPS: list[str] = []
 
 
 def group_key(rule: Rule, ee: EnrichedEvent) -> str | None:
@@ -221,7 +224,7 @@ class Detector:
                 primary = rule.group_by
             if self._count(rule, gk, ee, obs) and rule.group_by == primary:
                 obs.duplicate = True
-        if len(obs.alerts) > 1:
+        if obs is not NOTHING and len(obs.alerts) > 1:
             self._relate(obs)
         return obs
 
@@ -265,8 +268,10 @@ class Detector:
         if self.watermark_ms <= self._swept_ms:  # the hot path: the clock did not move
             return NO_REVISIONS
         self._swept_ms = self.watermark_ms
-        self.lifecycle.advance(0, self.watermark_ms)
-        revisions, drops = self.sweep(0)
+        due = self.lifecycle.tick(0, self.watermark_ms)
+        if due is NOTHING_DUE:
+            return NO_REVISIONS
+        revisions, drops = self._revisions_due(due)
         for key in drops:
             self.store.drop(key)
         return revisions
@@ -276,6 +281,11 @@ class Detector:
         keys to drop once they were sent (expired, with a last `closed` revision for a window
         whose figures changed after closing, and those of retired rule versions)."""
         due = self.lifecycle.sweep(partition)
+        if due is NOTHING_DUE:
+            return NO_REVISIONS, NO_DROPS
+        return self._revisions_due(due)
+
+    def _revisions_due(self, due: Due) -> tuple[list[Alert], list[str]]:
         revisions = []
         for key in due.closing:
             rev = self.close(key)

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import datasketches
 
-from streams.core.windows import is_expired
+from streams.core.windows import RETENTION_MS, is_expired
 from topics.window_state import AlertProgress, WindowValue
 
 
@@ -231,6 +231,11 @@ class Due:
     retired: list[str] = field(default_factory=list)  # of rule versions no longer in force
 
 
+#: what a sweep with nothing due returns; never mutated
+NOTHING_DUE = Due()
+NEVER = 2**63  # a due time no clock reaches
+
+
 @dataclass(slots=True)
 class _Partition:
     clock: int
@@ -239,6 +244,14 @@ class _Partition:
     swept: int  # the clock at the last expiry pass
     closed_at: int = -1  # the clock at the last closing pass
     purged: bool = False  # retired versions dropped since the last rules change
+    #: no clock below this can make anything due (the heads of both heaps)
+    next_due: int = 0
+
+    def reckon(self) -> None:
+        """Recompute `next_due` from the heaps."""
+        close = self.closes[0][0] if self.closes else NEVER
+        expire = self.ends[0][0] + RETENTION_MS + 1 if self.ends else NEVER
+        self.next_due = min(close, expire)
 
 
 class WindowLifecycle:
@@ -275,12 +288,23 @@ class WindowLifecycle:
 
     def advance(self, partition: int, clock_ms: int) -> bool:
         """Move a partition's clock forward (never back) and keep it; True when it moved."""
-        part = self._part(partition)
+        part = self._parts.get(partition) or self._part(partition)
         if clock_ms <= part.clock:
             return False
         part.clock = clock_ms
         self.store.save_clock(partition, clock_ms)
         return True
+
+    def tick(self, partition: int, clock_ms: int) -> Due:
+        """`advance` then `sweep` (replay's per-event pass): while the clock is below the
+        earliest time anything can be due, one comparison."""
+        part = self._parts.get(partition) or self._part(partition)
+        if clock_ms > part.clock:
+            part.clock = clock_ms
+            self.store.save_clock(partition, clock_ms)
+        if part.clock < part.next_due and part.purged:
+            return NOTHING_DUE
+        return self.sweep(partition)
 
     def created(self, key: str) -> None:
         """A new state under `key`: schedule its closing and expiry."""
@@ -296,6 +320,7 @@ class WindowLifecycle:
         after = self._close_after.get((rule_id, version))
         if part is not None and after is not None and end + after <= part.closed_at:
             heapq.heappush(part.closes, (end + after, key))  # closed when the clock next moves
+            part.next_due = min(part.next_due, end + after)
 
     def sweep(self, partition: int) -> Due:
         """What is due in a partition at its clock.
@@ -305,7 +330,18 @@ class WindowLifecycle:
         since the last expiry pass, as in replay: a window that a late event started beyond
         retention lives until the clock next moves, so the late events after it count with it.
         """
-        part = self._part(partition)
+        part = self._parts.get(partition) or self._part(partition)
+        clock = part.clock
+        if part.purged:  # the usual case: nothing due is a comparison per heap
+            closes, ends = part.closes, part.ends
+            if (not closes or closes[0][0] > clock) and (
+                not ends or clock - ends[0][0] <= RETENTION_MS
+            ):
+                if clock > part.closed_at:
+                    part.closed_at = clock
+                if clock > part.swept:
+                    part.swept = clock
+                return NOTHING_DUE
         due = Due()
         if not part.purged:
             part.purged = True
@@ -322,7 +358,6 @@ class WindowLifecycle:
                     part.closes = [e for e in part.closes if not retired(e[1])]
                     heapq.heapify(part.ends)
                     heapq.heapify(part.closes)
-        clock = part.clock
         if clock > part.closed_at:
             part.closed_at = clock
             closes = part.closes
@@ -333,6 +368,7 @@ class WindowLifecycle:
             ends = part.ends
             while ends and is_expired(ends[0][0], clock):
                 due.expired.append(heapq.heappop(ends)[1])
+        part.reckon()
         return due
 
     def forget(self) -> None:
@@ -346,7 +382,7 @@ class WindowLifecycle:
             # what expired at the clock as kept was dropped before the stop (a restart drops
             # nothing that the worker would have kept); closing runs again at it (a closed
             # revision sent but not yet recorded is sent again)
-            part = self._parts[partition] = _Partition(clock, [], [], clock)
+            part = self._parts[partition] = _Partition(clock, [], [], clock, next_due=NEVER)
             for key in self.store.window_keys():
                 try:
                     rule_id, version, _, end, gk = split_window_key(key)
@@ -358,6 +394,10 @@ class WindowLifecycle:
 
     def _schedule(self, part: _Partition, key: str, rule_id: str, version: str, end: int) -> None:
         heapq.heappush(part.ends, (end, key))
+        due = end + RETENTION_MS + 1
         after = self._close_after.get((rule_id, version))
         if after is not None:
             heapq.heappush(part.closes, (end + after, key))
+            due = min(due, end + after)
+        if due < part.next_due:
+            part.next_due = due

@@ -76,6 +76,16 @@ def _closed(bootstrap: str, env: dict[str, str], want: dict[str, tuple[Any, ...]
     return _figures(_on_topic(bootstrap, env)) == want
 
 
+def _wait_closed(
+    bootstrap: str, env: dict[str, str], want: dict[str, tuple[Any, ...]], s: float, w: Worker
+) -> None:
+    try:
+        wait_for(lambda: _closed(bootstrap, env, want), s, "replay's last revisions", w)
+    except AssertionError as exc:
+        got = _figures(_on_topic(bootstrap, env))
+        raise AssertionError(f"last revisions live {got} != replay {want}\n{exc}") from None
+
+
 def _never_backwards(alerts: list[dict[str, Any]]) -> None:
     seen: dict[str, list[int]] = {}
     for a in alerts:  # one alert_id is one partition of the alerts topic: in order
@@ -96,9 +106,7 @@ def test_live_last_revisions_equal_replay(
     frwatch(["publish", str(archive)], env)
     worker = Worker(env, tmp_path / "w").start()
     try:
-        wait_for(
-            lambda: _closed(kafka_bootstrap, env, want), 240, "replay's last revisions", worker
-        )
+        _wait_closed(kafka_bootstrap, env, want, 240, worker)
         alerts = _on_topic(kafka_bootstrap, env)
         _never_backwards(alerts)
         assert worker.metric("frwatch_alerts_total") == 2
@@ -123,12 +131,7 @@ def test_live_last_revisions_equal_replay_across_a_kill(
     assert partial != want, "the kill must land mid-archive"
     second = first.start()
     try:
-        wait_for(
-            lambda: _closed(kafka_bootstrap, env, want),
-            300,
-            "replay's last revisions after the restart",
-            second,
-        )
+        _wait_closed(kafka_bootstrap, env, want, 300, second)
         alerts = _on_topic(kafka_bootstrap, env)
         _never_backwards(alerts)
         print(f"\nlive lifecycle across kill -9: {len(alerts)} revisions; before: {partial}")
