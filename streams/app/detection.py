@@ -88,9 +88,11 @@ class TableWindowStore:
         if value is None:  # absent, or of another shape or version: ignored (SPEC 4.3)
             return None
         st = WindowState.from_value(value)
+        # chunks may hold more than the value counts (a flush cut short: see `flush`)
         order: list[int] = []
         for chunk in _chunks(value.ids):
             order.extend(self.table.get(ids_key(key, chunk)) or ())
+        del order[value.ids :]
         st.id_order = order
         st.ids = set(order)
         st.distinct_order = []
@@ -99,6 +101,7 @@ class TableWindowStore:
             values: list[int] = []
             for chunk in _chunks(n or 0):
                 values.extend(self.table.get(values_key(key, i, chunk)) or ())
+            del values[n or 0 :]
             st.distinct_order.append(values)
             if n is not None:
                 st.distinct[i] = set(values)
@@ -119,9 +122,15 @@ class TableWindowStore:
         self.pending[key] = state
 
     def flush(self) -> None:
-        """Write buffered states to the table (its changelog): the value and new chunks."""
+        """Write buffered states to the table (its changelog): new chunks, then the value.
+
+        The value goes last and says how many hashes its chunks hold: a worker killed in the
+        middle of a flush leaves chunks ahead of their value, which reads them only up to its
+        counts (`get`), so a window reads back as it was before that flush and the events of
+        the flush, processed again, count again. (Value first, a kill could leave a value
+        that counted hashes its chunks never received: a subject lost for good.)
+        """
         for key, st in self.pending.items():
-            self.table[key] = st.value().to_wire()
             written = _sample_ids(st.samples)
             if written != self._samples.get(key):
                 self.table[samples_key(key)] = st.samples
@@ -129,13 +138,15 @@ class TableWindowStore:
             persisted = self._persisted.get(key) or [0] * (1 + len(st.distinct))
             order = st.id_order or []
             self._write_chunks(order, persisted[0], lambda c, k=key: ids_key(k, c))  # type: ignore[misc]
-            persisted[0] = len(order)
             for i, values in enumerate(st.distinct_order or ()):
                 self._write_chunks(
                     values,
                     persisted[i + 1],
                     lambda c, k=key, r=i: values_key(k, r, c),  # type: ignore[misc]
                 )
+            self.table[key] = st.value().to_wire()
+            persisted[0] = len(order)
+            for i, values in enumerate(st.distinct_order or ()):
                 persisted[i + 1] = len(values)
             self._persisted[key] = persisted
             self._cache[key] = st

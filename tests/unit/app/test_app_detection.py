@@ -230,7 +230,8 @@ def test_nothing_reaches_the_table_until_flush() -> None:
     )
     store.flush()
     assert store.pending == {}
-    assert list(pipe.table) == [key, samples_key(key), ids_key(key, 0)]
+    # the value last: it counts only hashes its chunks already hold (a kill mid-flush)
+    assert list(pipe.table) == [samples_key(key), ids_key(key, 0), key]
     assert pipe.table[ids_key(key, 0)] == [id_hash("f-1")]
     wire = pipe.table[key]
     value = WindowValue.from_wire(wire)
@@ -688,3 +689,39 @@ def test_a_forwards_message_of_an_unknown_version_is_dead_lettered_whole() -> No
     assert dl.rejection.reason == INTERNAL_ERROR
     assert "version 9" in dl.rejection.detail
     assert (dl.partition, dl.offset) == (1, 5)
+
+
+def test_a_flush_cut_short_by_a_kill_reads_back_as_before_it() -> None:
+    """Chunks are written before their value and read only up to its counts: a worker killed
+    mid-flush loses nothing when the flush's events are processed again (kill -9, SPEC 5)."""
+
+    class Killed(Exception):
+        pass
+
+    class DiesAtTheValue(dict[str, Any]):
+        armed = False
+
+        def __setitem__(self, key: str, value: Any) -> None:
+            if self.armed and not key.startswith("~"):
+                raise Killed(key)
+            super().__setitem__(key, value)
+
+    def subjects(i: int) -> dict[str, Any]:
+        return ev(f"id-{i}", "acct-retail-east", "face.identify", subject_ids=[f"s-{i}"])
+
+    table = DiesAtTheValue()
+    pipe = Pipeline()
+    pipe.stage = DetectStage(RULES, table, PARTITIONS)
+    for i in range(70):
+        pipe.feed(subjects(i))
+    table.armed = True
+    with pytest.raises(Killed):
+        pipe.feed(subjects(70))  # its chunks reach the table, its value does not
+    table.armed = False
+    restarted = Pipeline()
+    restarted.stage = DetectStage(RULES, table, PARTITIONS)
+    restarted.feed(subjects(70))  # processed again after the restart
+    key = wkey("FR-006", HOUR0, HOUR0 + HOUR_MS, "org-retail")
+    value = WindowValue.from_wire(table[key])
+    assert value is not None and (value.count, value.distinct) == (71, [71])
+    assert restarted.duplicate == 0
