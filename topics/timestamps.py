@@ -37,8 +37,9 @@ def _is_leap(y: int) -> bool:
     return y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
 
 
-#: epoch seconds of the UTC minutes seen lately (`YYYY-MM-DDTHH:MM` -> seconds): a log's
-#: records share their minute with thousands of others
+#: epoch seconds of the minutes seen lately, by their text: `YYYY-MM-DDTHH:MM` for UTC
+#: (`...Z`), `YYYY-MM-DDTHH:MM+HH:MM` (the offset appended) for the others: a log's records
+#: share their minute, and mostly their offset, with thousands of others
 _MINUTES: dict[str, int] = {}
 _MINUTES_MAX = 4096
 
@@ -46,19 +47,24 @@ _MINUTES_MAX = 4096
 def parse_rfc3339_ms(text: str) -> int:
     """Epoch milliseconds of an RFC 3339 string with an offset; fractions are truncated.
 
-    A UTC string (`...Z`, what nearly every log writes) whose minute was parsed before takes
-    a path without the regex; it accepts and refuses exactly what
+    A string whose minute (and offset) was parsed before takes a path without the regex:
+    only its seconds and fraction are left to check; it accepts and refuses exactly what
     `parse_rfc3339_general_ms` does (property-tested).
     """
     n = len(text)
-    if n >= 20 and text[-1] in "Zz" and text[16] == ":":
-        minute = _MINUTES.get(text[:16])
+    if n >= 20 and text[16] == ":":
+        if text[-1] in "Zz":
+            minute = _MINUTES.get(text[:16])
+            end = n - 1
+        else:
+            minute = _MINUTES.get(text[:16] + text[-6:])
+            end = n - 6
         if minute is not None:
             sec = text[17:19]
             if sec.isascii() and sec.isdigit() and (s := int(sec)) <= 60:
-                if n == 20:
+                if end == 19:
                     return (minute + s) * 1000
-                frac = text[20:-1]
+                frac = text[20:end]
                 if text[19] == "." and frac and frac.isascii() and frac.isdigit():
                     return (minute + s) * 1000 + int((frac + "00")[:3])
     return parse_rfc3339_general_ms(text)
@@ -91,12 +97,12 @@ def parse_rfc3339_general_ms(text: str) -> int:
         if m.group(9) == "-":
             offset_min = -offset_min
     days = _days_from_civil(year, month, day)
-    if m.group(8):  # a valid UTC minute: the fast path knows it from now on
-        if len(_MINUTES) >= _MINUTES_MAX:
-            _MINUTES.clear()
-        _MINUTES[text[:16]] = days * 86400 + hour * 3600 + minute * 60
-    secs = days * 86400 + hour * 3600 + minute * 60 + second - offset_min * 60
-    return secs * 1000 + millis
+    # a valid minute and offset: the fast path knows them from now on
+    if len(_MINUTES) >= _MINUTES_MAX:
+        _MINUTES.clear()
+    minute_secs = days * 86400 + hour * 3600 + minute * 60 - offset_min * 60
+    _MINUTES[text[:16] if m.group(8) else text[:16] + text[-6:]] = minute_secs
+    return (minute_secs + second) * 1000 + millis
 
 
 def format_ms(ts_ms: int) -> str:

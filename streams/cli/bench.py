@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from streams.cli.bench_realistic import measure_realistic
 from streams.core.rules import load_rules
 from streams.replay import open_all, replay
 from streams.settings import Settings
@@ -95,6 +96,18 @@ KEYS = (
     "alert_latency_ms",
     "replay_eps",
     "replay_azure_eps",
+    "realistic_events",
+    "realistic_alerts",
+    "yardstick_eps",
+    "realistic_replay_eps",
+    "yardstick_ratio",
+    "yardstick_cpu_eps",
+    "realistic_replay_cpu_eps",
+    "yardstick_ratio_cpu",
+    "realistic_replay_workers2_eps",
+    "workers2_speedup",
+    "workers2_cpu_ratio",
+    "yardstick_agrees",
 )
 
 
@@ -123,6 +136,17 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
             "replay_eps": replayed["replay_eps"],
             "replay_azure_eps": mapped["replay_eps"],
         }
+        # what investigators replay: mixed timestamp forms, unicode, redeliveries, batches
+        real = measure_realistic(args.events, _say)
+        _say(
+            f"bench: realistic archive: replay {real['realistic_replay_eps']:,} events/s, "
+            f"{real['yardstick_ratio']}x the yardstick ({real['yardstick_eps']:,} events/s; "
+            f"per CPU second {real['yardstick_ratio_cpu']}x); "
+            f"--workers 2 {real['realistic_replay_workers2_eps']:,} events/s "
+            f"({real['workers2_speedup']}x; CPU of all its processes "
+            f"{real['workers2_cpu_ratio']}x one process's)"
+        )
+        result.update(real)
         if not args.offline:
             from streams.cli.bench_live import measure_live
 

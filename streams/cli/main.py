@@ -88,6 +88,13 @@ def build_parser() -> OneLineParser:
         " [env FRWATCH_INPUT_FORMAT, default frwatch]",
     )
     r.add_argument("--out", metavar="FILE", help="write alerts here (default stdout)")
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes that share the work, sharded by group key (same alerts as one)",
+    )
     inv = r.add_argument_group("investigation (docs/investigations.md)")
     inv.add_argument(
         "--since", metavar="T", help="evaluate records from this event time (RFC 3339)"
@@ -312,7 +319,7 @@ def _positive(args: argparse.Namespace, name: str) -> None:
 
 def dispatch(args: argparse.Namespace) -> int:
     """Run the chosen command; returns the exit code."""
-    for name in ("batch", "events", "max", "requests_partitions", "from_line"):
+    for name in ("batch", "events", "max", "requests_partitions", "from_line", "workers"):
         _positive(args, name)
     if getattr(args, "give_up_after", 1.0) <= 0:
         raise UsageError("--give-up-after must be > 0")

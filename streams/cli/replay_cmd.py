@@ -57,16 +57,37 @@ def run_replay(args: argparse.Namespace) -> int:
     else:
         out = None if investigation.replaces_stdout else sys.stdout.buffer
     try:
-        summary = replay(
-            archives,
-            rules,
-            accounts,
-            investigation.output(out),
-            stderr_progress(),
-            input_format=input_format,
-            select=investigation.select,
-            taps=investigation.taps,
-        )
+        workers = args.workers or 1
+        if workers > 1 and investigation.needs_one_process:
+            print(
+                "frwatch replay: --since/--until/--account/--org/--compare-rules/--report run"
+                " in one process (--workers ignored)",
+                file=sys.stderr,
+            )
+            workers = 1
+        if workers > 1:
+            from streams.replay_parallel import replay_parallel
+
+            summary = replay_parallel(
+                archives,
+                rules,
+                accounts,
+                investigation.output(out),
+                workers,
+                stderr_progress(),
+                input_format=input_format,
+            )
+        else:
+            summary = replay(
+                archives,
+                rules,
+                accounts,
+                investigation.output(out),
+                stderr_progress(),
+                input_format=input_format,
+                select=investigation.select,
+                taps=investigation.taps,
+            )
         investigation.conclude(summary, sys.stdout)
     except (ArchiveError, ReportError) as exc:
         return _fail(str(exc))

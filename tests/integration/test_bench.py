@@ -23,6 +23,19 @@ KEYS = [
     "alert_latency_ms",
     "replay_eps",
     "replay_azure_eps",
+    # the realistic archive, against the yardstick (streams/cli/bench_realistic.py)
+    "realistic_events",
+    "realistic_alerts",
+    "yardstick_eps",
+    "realistic_replay_eps",
+    "yardstick_ratio",
+    "yardstick_cpu_eps",
+    "realistic_replay_cpu_eps",
+    "yardstick_ratio_cpu",
+    "realistic_replay_workers2_eps",
+    "workers2_speedup",
+    "workers2_cpu_ratio",
+    "yardstick_agrees",
 ]
 
 
@@ -46,6 +59,7 @@ def test_bench_measures_every_path_and_cleans_up(
     result = orjson.loads(done.stdout.splitlines()[-1])
     assert list(result) == KEYS
     assert result["batch"] == batch
+    assert result["yardstick_agrees"] is True
     for key in (
         "raw_consume_eps",
         "faust_floor_eps",

@@ -217,3 +217,41 @@ def test_the_fast_path_agrees_with_the_regex(when: datetime, t: str, tail: str) 
     parse_rfc3339_ms(minute + ":00Z")  # now the fast path knows the minute
     for text in (minute + tail, minute + ":" + tail, minute + ":59" + tail):
         assert _outcome(parse_rfc3339_ms, text) == _outcome(parse_rfc3339_general_ms, text)
+
+
+@given(
+    st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9999, 12, 30)),
+    st.sampled_from(["T", "t"]),
+    st.sampled_from(["+01:00", "-05:30", "+00:00", "-00:00", "+23:59", "-23:59", "+05:45"]),
+    st.text(alphabet="0123456789.:Zz+-٢ ", max_size=12),
+    st.sampled_from(["+01:00", "-05:30", "+24:00", "+01:60", "+0100", "Z", "", "+01:00Z"]),
+)
+def test_the_fast_path_with_offsets_agrees_with_the_regex(
+    when: datetime, t: str, offset: str, tail: str, other: str
+) -> None:
+    """A minute and offset seen before take the fast path; both parse what follows alike."""
+    minute = when.strftime(f"%Y-%m-%d{t}%H:%M")
+    parse_rfc3339_ms(minute + ":00" + offset)  # now the fast path knows minute and offset
+    for text in (
+        minute + tail + offset,
+        minute + ":" + tail + offset,
+        minute + ":59" + tail + offset,
+        minute + ":30.5" + other,
+        minute + ":60.999999" + offset,
+    ):
+        assert _outcome(parse_rfc3339_ms, text) == _outcome(parse_rfc3339_general_ms, text)
+
+
+@given(st.integers(0, 253_402_300_799_999), st.sampled_from([3, 6, 7, 9]), st.integers(-1439, 1439))
+def test_a_cached_minute_with_an_offset_gives_the_general_answer(
+    ms: int, digits: int, offset_min: int
+) -> None:
+    sign = "-" if offset_min < 0 else "+"
+    off = f"{sign}{abs(offset_min) // 60:02d}:{abs(offset_min) % 60:02d}"
+    local_ms = ms + offset_min * 60_000
+    if not 0 <= local_ms <= MAX_TS_MS:
+        return
+    local = format_ms(local_ms)[:19]
+    text = f"{local}.{ms % 1000:03d}{'7' * (digits - 3)}{off}"
+    for _ in range(2):  # the first parse fills the cache, the second takes the fast path
+        assert _outcome(parse_rfc3339_ms, text) == _outcome(parse_rfc3339_general_ms, text)
