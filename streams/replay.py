@@ -21,6 +21,7 @@ from streams.core.exceptions import ExceptionsInForce
 from streams.core.rules import RuleSet
 from streams.core.state import MemoryWindowStore
 from topics.accounts import AccountDirectory, AccountRecord, parse_account_record
+from topics.alerts import Alert
 from topics.dlq import Rejection
 from topics.exceptions import ExceptionSet
 from topics.formats import SKIPPED, InputFormat
@@ -201,7 +202,8 @@ def replay(
     taps: Sequence[ReplayTap] = (),
     exceptions: ExceptionSet | None = None,
 ) -> ReplaySummary:
-    """Run every record of the archives, in order, through one detector; write alerts to `out`.
+    """Run every record of the archives, in order, through one detector; write every alert
+    revision to `out` (`summary.alerts` counts the alerts, their open revisions).
 
     `input_format`: how to map records of another schema (None: frwatch's own, SPEC 2.4).
     `select`: which valid records are evaluated (None: all); the others never reach the
@@ -218,6 +220,13 @@ def replay(
     expire = detector.expire
     ticking = progress is not None and progress.enabled
     decode = decode_request_message if input_format is None else input_format.decode_message
+
+    def write(revisions: list[Alert]) -> None:
+        """Every revision of an alert, as it is made (open, update, closed: SPEC 5)."""
+        for alert in revisions:
+            out.write(alert.to_json("replay", int(clock() * 1000), __version__))
+            out.write(b"\n")
+
     if ticking:
         archives = list(archives)
         progress.expect([p for p, _ in archives])  # type: ignore[union-attr]
@@ -241,15 +250,20 @@ def replay(
                 obs = observe(ee)
                 if obs.duplicate:
                     summary.duplicates += 1
-                for alert in obs.alerts:
-                    summary.alerts += 1
-                    out.write(alert.to_json("replay", int(clock() * 1000), __version__))
-                    out.write(b"\n")
+                if obs.alerts:
+                    summary.alerts += len(obs.alerts)
+                    write(obs.alerts)
+                if obs.updates:
+                    write(obs.updates)
                 for tap in taps:
                     tap.observed(ee, obs)
-                expire()
+                closed = expire()
+                if closed:
+                    write(closed)
             if ticking:
                 progress.tick(summary)  # type: ignore[union-attr]
+    # end of input: every window that fired is closed (SPEC 5)
+    write(detector.close_all())
     for tap in taps:
         tap.finished()
     out.flush()

@@ -38,6 +38,7 @@ from streams.archive import ArchiveError
 from streams.core.classify import EnrichedEvent
 from streams.core.engine import SCOPE_ORDER, Detector, RuleIndex, group_key
 from streams.core.rules import RuleSet
+from streams.core.state import window_key
 from streams.replay import Progress, ReplaySummary, replay_detector
 from topics.accounts import AccountDirectory
 from topics.exceptions import ExceptionSet
@@ -163,37 +164,59 @@ class _Shard:
         return events, malformed, skipped, highest, copies
 
     def detect(self, block: int, base: int, copies: list[Copy]) -> tuple[int, list[Any]]:
-        """Count a block's copies in this shard: (duplicates, [(order, alert JSON)])."""
+        """Count a block's copies in this shard: (duplicates, [(order, is an open, alert JSON)]).
+
+        Every revision (SPEC 5): `closed` ones due before a copy, the `open`s and `update`s
+        it causes, and the `closed` ones due after it, in that order, as one process writes.
+        """
         duplicates = 0
         alerts: list[Any] = []
         get_account, classification = self.accounts.get, self.classification
-        for n, before, scope, counts, ev in copies:
-            detector = self.detectors[scope]
-            self._advance(detector, max(base, before))
-            obs = detector.observe(EnrichedEvent(ev, get_account(ev.account_id), classification))
-            detector.expire()
-            if counts and obs.duplicate:
-                duplicates += 1
-            for seq, alert in enumerate(obs.alerts):
+
+        def emit(order: tuple[int, ...], revisions: list[Any], opens: bool) -> None:
+            for seq, alert in enumerate(revisions):
                 alerts.append(
                     (
-                        (block, n, scope, seq),
+                        (*order, seq),
+                        opens,
                         alert.to_json("replay", int(self.clock() * 1000), __version__),
                     )
                 )
+
+        for n, before, scope, counts, ev in copies:
+            detector = self.detectors[scope]
+            emit((block, n, 0, scope), self._advance(detector, max(base, before)), False)
+            obs = detector.observe(EnrichedEvent(ev, get_account(ev.account_id), classification))
+            if counts and obs.duplicate:
+                duplicates += 1
+            emit((block, n, 1, scope), obs.alerts, True)
+            emit((block, n, 2, scope), obs.updates, False)
+            emit((block, n, 3, scope), detector.expire(), False)
         return duplicates, alerts
 
-    def finish(self, clock_ms: int) -> None:
-        """The end of the input: every detector at the final retention clock."""
-        for detector in self.detectors:
-            self._advance(detector, clock_ms)
+    def finish(self, clock_ms: int) -> list[tuple[Any, bytes]]:
+        """The end of the input: every detector at the final retention clock, then every
+        window that fired closed (SPEC 5): (order, JSON) of their revisions, ordered as one
+        process writes them (what the last pass closed, then by window key)."""
+        out: list[tuple[Any, bytes]] = []
+        now = int(self.clock() * 1000)
+        for scope, detector in enumerate(self.detectors):
+            for seq, a in enumerate(self._advance(detector, clock_ms)):
+                out.append(((0, "", scope, seq), a.to_json("replay", now, __version__)))
+            for a in detector.close_all():
+                rule = detector.rule_set.by_id(a.rule_id)
+                key = window_key(
+                    rule.id, rule.state_version, a.window_start_ms, a.window_end_ms, a.group_key
+                )
+                out.append(((1, key, 0, 0), a.to_json("replay", now, __version__)))
+        return out
 
     @staticmethod
-    def _advance(detector: Detector, clock_ms: int) -> None:
+    def _advance(detector: Detector, clock_ms: int) -> list[Any]:
         # the retention clock of the one process, which saw every record before this one
         if clock_ms > detector.watermark_ms:
             detector.watermark_ms = clock_ms
-        detector.expire()
+        return detector.expire()
 
 
 def _serve(shard: _Shard, inbox: Queue[Any], outbox: Queue[Any]) -> None:
@@ -207,8 +230,7 @@ def _serve(shard: _Shard, inbox: Queue[Any], outbox: Queue[Any]) -> None:
                 _, k, base, copies = msg
                 outbox.put(("detected", k, shard.detect(k, base, copies)))
             else:  # "finish"
-                shard.finish(msg[1])
-                outbox.put(("finished", shard.index, None))
+                outbox.put(("finished", shard.index, shard.finish(msg[1])))
                 return
     except BaseException:  # reported to the parent, which stops the replay
         outbox.put(("error", shard.index, traceback.format_exc()))
@@ -311,17 +333,22 @@ def _run(
                         summary.duplicates += duplicates
                         alerts.extend(found)
                     alerts.sort(key=lambda a: a[0])  # the order one process writes them in
-                    for _, data in alerts:
+                    for _, opens, data in alerts:
                         out.write(data)
                         out.write(b"\n")
-                    summary.alerts += len(alerts)
+                        summary.alerts += opens
                     written += 1
             if progress is not None:
                 progress.tick(summary)
         for inbox in inboxes:
             inbox.put(("finish", clock))
+        closing: list[tuple[Any, bytes]] = []
         for _ in inboxes:
-            _receive(outbox, procs)
+            closing.extend(_receive(outbox, procs)[2])
+        closing.sort(key=lambda c: c[0])  # end of input: the windows that fired, closed
+        for _, data in closing:
+            out.write(data)
+            out.write(b"\n")
     except BaseException:
         for inbox in inboxes:  # a worker that still runs stops at its next message
             inbox.put(("finish", clock))

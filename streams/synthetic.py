@@ -352,6 +352,20 @@ def live_demo_events(seed: int, now_ms: int, background: int = 400) -> list[dict
     return events
 
 
+def growing_alert_events(maker: TrafficMaker, now_ms: int, n: int = 150) -> list[dict[str, Any]]:
+    """An alert that grows and closes (SPEC 5), for the demo: `n` identifications by the
+    police account in the hour two hours back (FR-001 opens at 1, updates at 10 and 100),
+    then one current event from each of many accounts, so that every input partition moves
+    the retention clock past that window's end + close_after: it closes."""
+    hour = now_ms - now_ms % HOUR_MS - 2 * HOUR_MS
+    events = [
+        maker.event("acct-metro-pd", "face.verify", hour + i * (HOUR_MS // (n + 1)))
+        for i in range(n)
+    ]
+    events += [maker.event(f"acct-demo-clock-{i}", "embeddings", now_ms - 1_000) for i in range(32)]
+    return events
+
+
 def _main(argv: list[str]) -> int:
     import sys
     import time
@@ -362,11 +376,13 @@ def _main(argv: list[str]) -> int:
         print("usage: python -m streams.synthetic accounts|demo-events FILE", file=sys.stderr)
         return 2
     kind, path = argv
-    rows = (
-        SAMPLE_ACCOUNTS
-        if kind == "accounts"
-        else live_demo_events(seed=int(time.time()), now_ms=int(time.time() * 1000))
-    )
+    now_ms = int(time.time() * 1000)
+    rows: list[dict[str, Any]] = list(SAMPLE_ACCOUNTS)
+    if kind == "demo-events":
+        # the growing alert's old events first: its partition reads them before the clock
+        # events of the current hour
+        growing = TrafficMaker(seed=now_ms, start_ms=now_ms, prefix=f"grow{now_ms}")
+        rows = growing_alert_events(growing, now_ms) + live_demo_events(now_ms // 1000, now_ms)
     with open(path, "wb") as fh:
         for row in rows:
             fh.write(orjson.dumps(row) + b"\n")

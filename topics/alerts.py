@@ -10,7 +10,8 @@ import orjson
 
 from topics.timestamps import format_ms
 
-SCHEMA = "frwatch.alert/v1"
+SCHEMA = "frwatch.alert/v2"
+STATUSES = ("open", "update", "closed")  # SPEC 5 lifecycle
 MAX_SAMPLES = 10
 ACCOUNT_FIELDS = ("account_id", "org_id", "org_name", "sector", "acting_for", "country")
 SAMPLE_FIELDS = (
@@ -34,7 +35,9 @@ def alert_id(rule_id: str, group_key: str, window_start_ms: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """A fired (rule, group, window); samples hold request metadata with `ts` in epoch ms."""
+    """One revision of a fired (rule, group, window): `open` when it fired, `update` at 10x,
+    100x, ... its magnitude at firing, `closed` with the final figures (SPEC 5). Samples hold
+    request metadata with `ts` in epoch ms."""
 
     alert_id: str
     rule_id: str
@@ -52,6 +55,11 @@ class Alert:
     #: the fired rule's version and the sha256 of the rules file it came from (SPEC 4.3)
     rule_version: str = ""
     rules_sha256: str = ""
+    status: str = "open"
+    revision: int = 0
+    #: alert_ids of the other alerts the firing event fired for the same group
+    related: tuple[str, ...] = ()
+    estimated: bool = False  # count/distinct are estimates (beyond exact counting)
 
     def to_dict(self, mode: str, detected_at_ms: int, detector_version: str) -> dict[str, Any]:
         """The SPEC 5 document."""
@@ -60,6 +68,8 @@ class Alert:
         return {
             "schema": SCHEMA,
             "alert_id": self.alert_id,
+            "status": self.status,
+            "revision": self.revision,
             "rule_id": self.rule_id,
             "title": self.title,
             "clause": self.clause,
@@ -71,12 +81,17 @@ class Alert:
                 "start": format_ms(self.window_start_ms),
                 "end": format_ms(self.window_end_ms),
             },
-            "observed": {"count": self.count, "distinct": self.distinct},
+            "observed": {
+                "count": self.count,
+                "distinct": self.distinct,
+                "estimated": self.estimated,
+            },
             "evidence": {
                 "first_ts": format_ms(min(sample_ts)) if sample_ts else None,
                 "last_ts": format_ms(max(sample_ts)) if sample_ts else None,
                 "samples": samples,
             },
+            "related": list(self.related),
             "detected_at": format_ms(detected_at_ms),
             "mode": mode,
             "detector": {

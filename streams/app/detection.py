@@ -7,7 +7,6 @@ been acknowledged by Kafka.
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
@@ -20,8 +19,7 @@ from streams.core.classify import EnrichedEvent
 from streams.core.engine import Detector
 from streams.core.exceptions import ExceptionFilter
 from streams.core.rules import RuleSet
-from streams.core.state import ID_CHUNK, WindowState, split_window_key
-from streams.core.windows import is_expired
+from streams.core.state import ID_CHUNK, WindowLifecycle, WindowState
 from topics.alerts import Alert
 from topics.dlq import INTERNAL_ERROR, DeadLetter, Rejection
 from topics.stage2 import (
@@ -31,6 +29,7 @@ from topics.stage2 import (
     decode_forwards,
     is_forwards,
 )
+from topics.window_state import WindowValue
 
 
 def ids_key(key: str, chunk: int) -> str:
@@ -38,29 +37,47 @@ def ids_key(key: str, chunk: int) -> str:
     return f"~i|{chunk}|{key}"
 
 
+def values_key(key: str, requirement: int, chunk: int) -> str:
+    """Table key of one chunk of a window's distinct-value hashes for one requirement."""
+    return f"~d|{requirement}|{chunk}|{key}"
+
+
 def samples_key(key: str) -> str:
     """Table key of a window's evidence samples (written only when they change)."""
     return f"~s|{key}"
 
 
+#: table key prefix of a detect partition's retention clock ("~" starts no rule id)
+CLOCK_KEY = "~clock|"
+
+
+def clock_key(partition: int) -> str:
+    """Table key under which a detect partition keeps its retention clock."""
+    return f"{CLOCK_KEY}{partition}"
+
+
+def _chunks(n: int) -> range:
+    return range((n + ID_CHUNK - 1) // ID_CHUNK)
+
+
 class TableWindowStore:
     """WindowStore over a mapping, with a write buffer flushed after acks.
 
-    A window is one small value (counts, distinct values up to the thresholds), its
-    evidence samples under `samples_key`, and its event-id hashes in chunks of `ID_CHUNK`
-    under `ids_key`: a flush rewrites the small value, the samples only when they changed
-    (the first 10 events of a window), and only the chunks that gained ids, so what a window
-    writes to the changelog grows linearly with the events it counts (SPEC 4.1), where one
-    value holding every id grew quadratically.
+    A window is one small value (topics/window_state.py), its evidence samples under
+    `samples_key`, its event-id hashes in chunks of `ID_CHUNK` under `ids_key` and its
+    distinct-value hashes likewise under `values_key`: a flush rewrites the small value, the
+    samples only when they changed (the first 10 events of a window), and only the chunks
+    that gained hashes, so what a window writes to the changelog grows linearly with the
+    events it counts (SPEC 4.1), where one value holding every id grew quadratically.
     States read once are kept in memory until their partition is revoked or they expire.
     """
 
     def __init__(self, table: MutableMapping[str, Any]) -> None:
         self.table = table
         self.pending: dict[str, WindowState] = {}
-        self.created: list[str] = []  # keys new since the last `take_created`
         self._cache: dict[str, WindowState] = {}
-        self._persisted: dict[str, int] = {}  # key -> ids already in the table's chunks
+        #: key -> hashes already in the table's chunks: ids, then each requirement's values
+        self._persisted: dict[str, list[int]] = {}
         self._samples: dict[str, list[str]] = {}  # key -> event ids of the samples written
 
     def get(self, key: str) -> WindowState | None:
@@ -68,63 +85,96 @@ class TableWindowStore:
         st = self.pending.get(key) or self._cache.get(key)
         if st is not None:
             return st
-        wire = self.table.get(key)
-        if wire is None:
+        value = WindowValue.from_wire(self.table.get(key))
+        if value is None:  # absent, or of another shape or version: ignored (SPEC 4.3)
             return None
-        st = WindowState.from_wire(wire)
-        if st is None:
-            return None
-        n = wire.get("ic", 0)
+        st = WindowState.from_value(value)
+        # chunks may hold more than the value counts (a flush cut short: see `flush`)
         order: list[int] = []
-        for chunk in range((n + ID_CHUNK - 1) // ID_CHUNK):
+        for chunk in _chunks(value.ids):
             order.extend(self.table.get(ids_key(key, chunk)) or ())
+        del order[value.ids :]
         st.id_order = order
         st.ids = set(order)
+        st.distinct_order = []
+        persisted = [len(order)]
+        for i, n in enumerate(value.distinct):
+            values: list[int] = []
+            for chunk in _chunks(n or 0):
+                values.extend(self.table.get(values_key(key, i, chunk)) or ())
+            del values[n or 0 :]
+            st.distinct_order.append(values)
+            if n is not None:
+                st.distinct[i] = set(values)
+            persisted.append(len(values))
         samples = self.table.get(samples_key(key))
-        if isinstance(samples, list):  # (a value written before samples had their own key
-            st.samples = samples  # holds them inline)
-        self._persisted[key] = len(order)
+        if isinstance(samples, list):
+            st.samples = samples
+        self._persisted[key] = persisted
         self._samples[key] = _sample_ids(st.samples)
         self._cache[key] = st
         return st
 
     def put(self, key: str, state: WindowState) -> None:
         """Buffer a write until `flush`."""
-        if state.id_order is None:  # a new state: its ids so far, in no particular order
+        if state.id_order is None:  # a new state: its hashes so far, in no particular order
             state.id_order = list(state.ids)
-        if key not in self.pending and key not in self._cache and key not in self.table:
-            self.created.append(key)
+            state.distinct_order = [list(d or ()) for d in state.distinct]
         self.pending[key] = state
 
     def flush(self) -> None:
-        """Write buffered states to the table (its changelog): the value and new id chunks."""
+        """Write buffered states to the table (its changelog): new chunks, then the value.
+
+        The value goes last and says how many hashes its chunks hold: a worker killed in the
+        middle of a flush leaves chunks ahead of their value, which reads them only up to its
+        counts (`get`), so a window reads back as it was before that flush and the events of
+        the flush, processed again, count again. (Value first, a kill could leave a value
+        that counted hashes its chunks never received: a subject lost for good.)
+        """
         for key, st in self.pending.items():
-            wire = st.to_wire()
-            wire["s"] = []  # under samples_key
-            self.table[key] = wire
             written = _sample_ids(st.samples)
             if written != self._samples.get(key):
                 self.table[samples_key(key)] = st.samples
                 self._samples[key] = written
+            persisted = self._persisted.get(key) or [0] * (1 + len(st.distinct))
             order = st.id_order or []
-            done = self._persisted.get(key, 0)
-            for chunk in range(done // ID_CHUNK, (len(order) + ID_CHUNK - 1) // ID_CHUNK):
-                self.table[ids_key(key, chunk)] = order[chunk * ID_CHUNK : (chunk + 1) * ID_CHUNK]
-            self._persisted[key] = len(order)
+            self._write_chunks(order, persisted[0], lambda c, k=key: ids_key(k, c))  # type: ignore[misc]
+            for i, values in enumerate(st.distinct_order or ()):
+                self._write_chunks(
+                    values,
+                    persisted[i + 1],
+                    lambda c, k=key, r=i: values_key(k, r, c),  # type: ignore[misc]
+                )
+            self.table[key] = st.value().to_wire()
+            persisted[0] = len(order)
+            for i, values in enumerate(st.distinct_order or ()):
+                persisted[i + 1] = len(values)
+            self._persisted[key] = persisted
             self._cache[key] = st
         self.pending.clear()
 
+    def _write_chunks(self, hashes: list[int], done: int, name: Any) -> None:
+        for chunk in range(done // ID_CHUNK, (len(hashes) + ID_CHUNK - 1) // ID_CHUNK):
+            self.table[name(chunk)] = hashes[chunk * ID_CHUNK : (chunk + 1) * ID_CHUNK]
+
     def drop(self, key: str) -> None:
-        """Delete a state and its id chunks from the table (tombstones in the changelog)."""
+        """Delete a state and its chunks from the table (tombstones in the changelog)."""
         wire = self.table.get(key)
-        n = wire.get("ic", 0) if isinstance(wire, dict) else 0
-        for chunk in range((n + ID_CHUNK - 1) // ID_CHUNK):
-            if ids_key(key, chunk) in self.table:
-                del self.table[ids_key(key, chunk)]
-        if samples_key(key) in self.table:
-            del self.table[samples_key(key)]
+        chunk_keys: list[str] = []
+        if isinstance(wire, dict):
+            ic = wire.get("ic", 0)
+            chunk_keys.extend(ids_key(key, c) for c in _chunks(ic if isinstance(ic, int) else 0))
+            dc = wire.get("dc")
+            for i, n in enumerate(dc if isinstance(dc, list) else ()):
+                if isinstance(n, int):
+                    chunk_keys.extend(values_key(key, i, c) for c in _chunks(n))
+        chunk_keys.append(samples_key(key))
+        for k in chunk_keys:
+            if k in self.table:
+                del self.table[k]
         if key in self.table:
             del self.table[key]
+        self.pending.pop(key, None)
         self._cache.pop(key, None)
         self._persisted.pop(key, None)
         self._samples.pop(key, None)
@@ -135,9 +185,21 @@ class TableWindowStore:
         self._persisted.clear()
         self._samples.clear()
 
-    def expire(self, watermark_ms: int) -> int:
-        """Not used live: expiry runs per partition (see DetectStage.expired_keys)."""
-        return 0
+    def window_keys(self) -> list[str]:
+        """The window keys held (in the table, and buffered)."""
+        keys = [k for k in list(self.table.keys()) if isinstance(k, str) and k[:1] != "~"]
+        keys.extend(k for k in self.pending if k not in self.table)
+        return keys
+
+    def load_clock(self, partition: int) -> int:
+        """A detect partition's retention clock as kept (0 when none)."""
+        stored = self.table.get(clock_key(partition))
+        clock = stored.get("clock") if isinstance(stored, dict) else None
+        return clock if isinstance(clock, int) else 0
+
+    def save_clock(self, partition: int, clock_ms: int) -> None:
+        """Keep a detect partition's retention clock (written at once: it only moves on)."""
+        self.table[clock_key(partition)] = {"clock": clock_ms}
 
     def entries_by_rule(self) -> dict[str, int]:
         """Number of states held per rule id."""
@@ -153,20 +215,12 @@ class Detected:
     """What one stage-2 message produced."""
 
     alerts: list[tuple[Alert, int]] = field(default_factory=list)  # (alert, kafka ts ms)
+    updates: list[Alert] = field(default_factory=list)  # `update` revisions (SPEC 5)
     matches: Counter[str] = field(default_factory=Counter)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     processed: int = 0
     duplicate: int = 0
     error: int = 0
-
-
-#: table key prefix of a detect partition's retention clock ("~" starts no rule id)
-CLOCK_KEY = "~clock|"
-
-
-def clock_key(partition: int) -> str:
-    """Table key under which a detect partition keeps its retention clock."""
-    return f"{CLOCK_KEY}{partition}"
 
 
 def low_watermark(inputs: int, marks: dict[int, tuple[int, bool]]) -> int | None:
@@ -183,13 +237,22 @@ def low_watermark(inputs: int, marks: dict[int, tuple[int, bool]]) -> int | None
     return max(wm for p, (wm, _) in marks.items() if p < inputs)
 
 
+@dataclass(slots=True)
+class Swept:
+    """What a detect partition's clock made due: revisions to send, then keys to drop."""
+
+    revisions: list[Alert] = field(default_factory=list)  # `closed` revisions
+    drops: list[str] = field(default_factory=list)
+
+
 class DetectStage:
     """Runs the account-scoped and org-scoped rules on routed items.
 
     Each detect partition has its own retention clock: the low watermark of the input
     partitions (SPEC 4.1), learnt from the watermark records that every ingest sends to every
-    detect partition after the forwards they cover. It never moves back and is kept in the
-    table (`clock_key`), so it survives restarts and rebalances.
+    detect partition after the forwards they cover. The window lifecycle (streams/core/state.py,
+    the same as replay's) keeps it in the table (`clock_key`), so it survives restarts and
+    rebalances and never moves back, and decides from it what closes and what is dropped.
     """
 
     def __init__(
@@ -202,12 +265,8 @@ class DetectStage:
         self.store = TableWindowStore(table)
         self.exceptions = exceptions  # SPEC 4.4, applied by both detectors
         self.partitions = partitions
-        self.clocks: dict[int, int] = {}  # detect partition -> retention clock (event ms)
+        self.lifecycle = WindowLifecycle(self.store, lambda gk: destination(gk, partitions))
         self.marks: dict[int, dict[int, tuple[int, bool]]] = {}  # detect p -> input p -> mark
-        self._ends: dict[int, list[tuple[int, str]]] = {}  # partition -> heap of (end, key)
-        self._swept: dict[int, int] = {}  # partition -> its clock at the last expiry pass
-        # partitions whose states of rule versions no longer in force are still to be dropped
-        self._purged: set[int] = set()
         self.set_rules(rules)
 
     def set_rules(self, rules: RuleSet) -> None:
@@ -215,17 +274,21 @@ class DetectStage:
 
         A rule whose version is unchanged finds its windows under the same keys and goes on;
         a changed one looks up other keys, so it starts afresh; the states of versions no
-        longer in force (changed, removed or disabled rules) are dropped by `expired_keys`,
+        longer in force (changed, removed or disabled rules) are dropped by `sweep`,
         partition by partition, as the detect agent passes there.
         """
+        self.lifecycle.set_rules(rules.rules)
         self.detectors = {
-            "a": Detector(rules, self.store, "account_id", self.exceptions),
-            "o": Detector(rules, self.store, "org_id", self.exceptions),
+            "a": Detector(rules, self.store, "account_id", self.lifecycle, self.exceptions),
+            "o": Detector(rules, self.store, "org_id", self.lifecycle, self.exceptions),
         }
-        self.versions = frozenset((r.id, r.state_version) for r in rules.rules)
         self.classification = rules.classification
         self.rules_sha256 = rules.sha256
-        self._purged.clear()
+
+    @property
+    def clocks(self) -> dict[int, int]:
+        """The retention clock of each detect partition known."""
+        return self.lifecycle.clocks()
 
     @staticmethod
     def is_watermark(value: bytes) -> bool:
@@ -234,15 +297,7 @@ class DetectStage:
 
     def clock(self, partition: int) -> int:
         """The retention clock of a detect partition (0 before anything is known)."""
-        clock = self.clocks.get(partition)
-        if clock is None:
-            stored = self.store.table.get(clock_key(partition))
-            clock = stored["clock"] if isinstance(stored, dict) and "clock" in stored else 0
-            self.clocks[partition] = clock
-            # the clock as kept: what was due at it was swept before (a restart drops nothing
-            # that the worker would have kept had it not stopped; see expired_keys)
-            self._swept[partition] = clock
-        return clock
+        return self.lifecycle.clock(partition)
 
     def report(self, partition: int, value: bytes) -> bool:
         """Apply a watermark record; True when the partition's clock moved (and was stored)."""
@@ -251,11 +306,9 @@ class DetectStage:
         for p, wm, idle in mark.marks:
             marks[p] = (wm, idle)
         low = low_watermark(mark.inputs, marks)
-        if low is None or low <= self.clock(partition):
+        if low is None:
             return False
-        self.clocks[partition] = low
-        self.store.table[clock_key(partition)] = {"clock": low}
-        return True
+        return self.lifecycle.advance(partition, low)
 
     def observe(self, value: bytes, topic: str, partition: int, offset: int) -> Detected:
         """Every item of one forwards message (`topics.stage2`).
@@ -292,6 +345,7 @@ class DetectStage:
                 else:
                     out.processed += 1
             out.alerts.extend((a, fwd.kafka_ts_ms) for a in obs.alerts)
+            out.updates.extend(obs.updates)
         return out
 
     @staticmethod
@@ -316,65 +370,21 @@ class DetectStage:
         )
 
     def forget_partitions(self) -> None:
-        """After a rebalance: rebuild the expiry index and clocks from the table when needed."""
-        self._ends.clear()
+        """After a rebalance: clocks and lifecycle indexes are read from the table again."""
         self.store.forget()
-        self.clocks.clear()
+        self.lifecycle.forget()
         self.marks.clear()
-        self._swept.clear()
-        self._purged.clear()  # the table may hold states of versions no longer in force
 
-    def _index(self, partition: int) -> list[tuple[int, str]]:
-        heap = self._ends.get(partition)
-        if heap is None:  # first use since start or rebalance: index what the table holds
-            heap = []
-            for key in list(self.store.table.keys()):
-                if not isinstance(key, str) or key[:1] == "~":
-                    continue
-                try:
-                    _, _, _, end, gk = split_window_key(key)
-                except ValueError:  # a key of an earlier format: never looked up again
-                    continue
-                if destination(gk, self.partitions) == partition:
-                    heap.append((end, key))
-            heapq.heapify(heap)
-            self._ends[partition] = heap
-        return heap
+    def sweep(self, partition: int) -> Swept:
+        """What `partition`'s clock makes due (`Detector.sweep`): the `closed` revisions to
+        send, recorded in the buffered states (flush them once the revisions were
+        acknowledged), and the keys to drop after that (expired, and of retired versions).
 
-    def _retired(self, key: str) -> bool:
-        """A state counted under a rule version that is not in force (SPEC 4.3)."""
-        rule_id, version, _ = key.split("|", 2)
-        return (rule_id, version) not in self.versions
+        Called for every stage-2 message; closing and expiry run only when the clock moved.
+        """
+        revisions, drops = self.detectors["a"].sweep(partition)
+        return Swept(revisions, drops)
 
     def expired_keys(self, partition: int) -> list[str]:
-        """Keys of `partition` whose windows the retention clock has left more than 24h behind,
-        and, once after each rules change (and after a start or rebalance), the keys of rule
-        versions no longer in force.
-
-        Called for every stage-2 message, but a pass runs only when the partition's clock has
-        moved since the last one, as in replay (`Detector.expire`): a window that a late event
-        started beyond retention lives until the clock next moves, so the late events after it
-        count with it. A heap of window ends per partition makes a pass with nothing due one
-        comparison.
-        """
-        for key in self.store.created:
-            _, _, _, end, gk = split_window_key(key)
-            # a partition without an index yet finds the key in the table when it builds one
-            known = self._ends.get(destination(gk, self.partitions))
-            if known is not None:
-                heapq.heappush(known, (end, key))
-        self.store.created.clear()
-        heap = self._index(partition)
-        out: list[str] = []
-        if partition not in self._purged:
-            self._purged.add(partition)
-            out.extend(key for _, key in heap if self._retired(key) and key in self.store.table)
-        wm = self.clock(partition)
-        if wm <= self._swept.get(partition, -1):
-            return out
-        self._swept[partition] = wm
-        while heap and is_expired(heap[0][0], wm):
-            _, key = heapq.heappop(heap)
-            if key in self.store.table and key not in out:
-                out.append(key)
-        return out
+        """The keys `sweep` would drop, its revisions discarded (for tests and tools)."""
+        return self.sweep(partition).drops

@@ -44,6 +44,7 @@ from streams.core.rules import RuleSet
 from streams.kafkaio import client_kwargs, faust_kwargs
 from streams.settings import Settings
 from topics.accounts import AccountDirectory, decode_account_message
+from topics.alerts import Alert
 from topics.catalog import detect_topic_name, windows_table_name
 from topics.dlq import INTERNAL_ERROR, DeadLetter, Rejection, raw_text
 from topics.exceptions import decode_exception_message
@@ -392,35 +393,59 @@ def build_app(
         finally:
             await screeners.stop()
 
+    async def send_revisions(revisions: list[Alert]) -> None:
+        """Alert revisions to the alerts topic (keyed by alert_id), acknowledged by Kafka."""
+        if not revisions:
+            return
+        detected_at = now_ms()
+        await delivered(
+            [
+                delivery.send(
+                    settings.topic_alerts,
+                    a.to_json(settings.mode, detected_at, __version__),
+                    a.alert_id.encode(),
+                )
+                for a in revisions
+            ]
+        )
+        metrics.count_revisions(a.status for a in revisions)
+
+    async def sweep(msg: Any) -> None:
+        """What the partition's clock made due: `closed` revisions acknowledged, then the
+        states that record them written, then expired and retired states dropped.
+
+        The drops write tombstones to the changelog partition of the current message: only
+        keys of that partition are dropped here.
+        """
+        try:
+            swept = stage.sweep(msg.partition)
+            await send_revisions(swept.revisions)
+            stage.store.flush()
+        except Exception as exc:
+            stage.store.pending.clear()
+            await delivered(internal_error(msg, exc))
+            return
+        for key in swept.drops:
+            stage.store.drop(key)
+
     async def detect_one(msg: Any) -> None:
-        """Watermark or forwards: windows counted, alerts acknowledged, then state written."""
+        """Watermark or forwards: windows counted, revisions acknowledged, then state written."""
         if stage.is_watermark(msg.value):
             try:
                 stage.report(msg.partition, msg.value)
             except Exception as exc:
                 await delivered(internal_error(msg, exc))
                 return
-            for key in stage.expired_keys(msg.partition):
-                stage.store.drop(key)
+            await sweep(msg)
             return
         try:
             out = stage.observe(msg.value, msg.topic, msg.partition, msg.offset)
-            if out.alerts:
-                detected_at = now_ms()
-                await delivered(
-                    [
-                        delivery.send(
-                            settings.topic_alerts,
-                            a.to_json(settings.mode, detected_at, __version__),
-                            a.alert_id.encode(),
-                        )
-                        for a, _ in out.alerts
-                    ]
-                )
+            if out.alerts or out.updates:
+                await send_revisions([a for a, _ in out.alerts] + out.updates)
                 acked_at = time.time()
                 for a, kafka_ts_ms in out.alerts:
                     metrics.count_alert(a.rule_id, max(0.0, acked_at - kafka_ts_ms / 1000))
-            # only now, with every alert acknowledged, may fired windows reach the changelog
+            # only now, with every revision acknowledged, may windows reach the changelog
             stage.store.flush()
             await delivered(send_dead_letters(None, out.dead_letters))
         except Exception as exc:
@@ -428,10 +453,7 @@ def build_app(
             await delivered(internal_error(msg, exc))
             return
         metrics.count_detected(out)
-        # expiry writes tombstones to the changelog partition of the current message:
-        # only keys of that partition are dropped here
-        for key in stage.expired_keys(msg.partition):
-            stage.store.drop(key)
+        await sweep(msg)
 
     @app.agent(detect_topic, name="detect")
     async def detect(stream: Any) -> None:

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from streams.app.detection import Detected
 from streams.app.routing import Routed
+from topics.alerts import STATUSES
 
 # event lag spans milliseconds (live) to hours (backlog, replayed archives)
 EVENT_LAG_BUCKETS = (
@@ -71,6 +72,7 @@ class DetectorMetrics(Collector):
         self.enrichment = {"hit": 0, "miss": 0}
         self.rule_matches = dict.fromkeys(self.rule_ids, 0)
         self.alerts = dict.fromkeys(self.rule_ids, 0)
+        self.revisions = dict.fromkeys(STATUSES, 0)
         self._lag_counts = [0] * (len(EVENT_LAG_BUCKETS) + 1)
         self._lag_sum_ms = 0
         self._window_states: Callable[[], dict[str, int]] = dict
@@ -155,6 +157,12 @@ class DetectorMetrics(Collector):
         self.alerts[rule_id] = self.alerts.get(rule_id, 0) + 1
         self.alert_latency.observe(latency_s)
 
+    def count_revisions(self, statuses: Iterable[str]) -> None:
+        """Alert revisions acknowledged by Kafka (open, update, closed: SPEC 5)."""
+        revisions = self.revisions
+        for status in statuses:
+            revisions[status] += 1
+
     def observe_lags(self, event_ts_ms: Sequence[int], now_ms: int) -> None:
         """Add the lags of events (`now_ms` minus their time, 0 when ahead) to the histogram.
 
@@ -200,6 +208,12 @@ class DetectorMetrics(Collector):
         for rule_id, n in self.alerts.items():
             alerts.add_metric([rule_id, self.severities.get(rule_id, "unknown")], n)
         yield alerts
+        yield _counter(
+            "frwatch_alert_revisions",
+            "alert revisions emitted (SPEC 5 lifecycle)",
+            "status",
+            self.revisions,
+        )
         yield _counter(
             "frwatch_enrichment", "account lookups per record", "result", self.enrichment
         )

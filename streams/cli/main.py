@@ -271,8 +271,14 @@ def build_parser() -> OneLineParser:
     alsub.required = True
     tail = alsub.add_parser("tail", help="follow the alerts topic")
     tail.add_argument("--from-beginning", action="store_true")
-    tail.add_argument("--json", action="store_true", help="raw alert JSON, one per line")
-    tail.add_argument("--max", type=int, metavar="N", help="stop after N alerts")
+    tail.add_argument("--json", action="store_true", help="raw alert JSON, one line per revision")
+    tail.add_argument(
+        "--status",
+        action="append",
+        choices=("open", "update", "closed"),
+        help="only revisions of this status (repeatable)",
+    )
+    tail.add_argument("--max", type=int, metavar="N", help="stop after N alert messages")
     tail.add_argument(
         "--idle-exit",
         type=float,

@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from streams.archive import ArchiveError, iter_lines
+from streams.cli.alert_board import AlertBoard
 from streams.cli.publish_lines import numbered_lines, outgoing
 from streams.kafkaio import KafkaAccessError, check_login, check_topics, client_kwargs, refused
 from streams.replay import open_all
@@ -261,28 +262,15 @@ def run_publish(args: argparse.Namespace, settings: Settings) -> int:
     return publish_archives(args, settings)
 
 
-def alert_line(alert: dict[str, Any]) -> str:
-    """One alert, readable by a person."""
-    obs = alert.get("observed", {})
-    distinct = f" distinct={obs['distinct']}" if obs.get("distinct") is not None else ""
-    win = alert.get("window", {})
-    acct = alert.get("account", {}) or {}
-    return (
-        f"{alert.get('detected_at', '?')} {str(alert.get('severity', '?')).upper():8} "
-        f"{alert.get('rule_id')} {alert.get('group_by')}={alert.get('group_key')} "
-        f"window={win.get('start')}..{win.get('end')} count={obs.get('count')}{distinct} "
-        f"sector={acct.get('sector')} country={acct.get('country')} "
-        f"id={alert.get('alert_id')} :: {alert.get('title')}"
-    )
-
-
 async def _tail(
     settings: Settings,
     from_beginning: bool,
     as_json: bool,
     max_alerts: int | None,
     idle_exit: float | None,
+    statuses: frozenset[str] | None = None,
 ) -> int:
+    board = AlertBoard(sys.stdout, sys.stdout.isatty(), statuses)
     consumer = AIOKafkaConsumer(
         settings.topic_alerts,
         bootstrap_servers=settings.bootstrap_servers,
@@ -314,15 +302,25 @@ async def _tail(
                     seen += 1
                     if rec.value is None:  # a tombstone on the compacted topic
                         if not as_json:
-                            sys.stdout.write(f"(deleted alert at offset {rec.offset})\n")
-                        continue
-                    if as_json:
-                        sys.stdout.write(rec.value.decode("utf-8", "replace") + "\n")
+                            board.note(f"(deleted alert at offset {rec.offset})")
                         continue
                     try:
-                        sys.stdout.write(alert_line(orjson.loads(rec.value)) + "\n")
+                        doc = orjson.loads(rec.value)
+                        status = doc.get("status", "open")
                     except (orjson.JSONDecodeError, AttributeError, TypeError):
-                        sys.stdout.write(f"(unreadable alert at offset {rec.offset})\n")
+                        if not as_json:
+                            board.note(f"(unreadable alert at offset {rec.offset})")
+                        elif statuses is None:
+                            sys.stdout.write(rec.value.decode("utf-8", "replace") + "\n")
+                        continue
+                    if as_json:  # every revision, as written
+                        if statuses is None or status in statuses:
+                            sys.stdout.write(rec.value.decode("utf-8", "replace") + "\n")
+                        continue
+                    try:
+                        board.show(doc)
+                    except (AttributeError, TypeError):
+                        board.note(f"(unreadable alert at offset {rec.offset})")
             sys.stdout.flush()
     finally:
         await consumer.stop()
@@ -330,11 +328,18 @@ async def _tail(
 
 
 def run_alerts(args: argparse.Namespace, settings: Settings) -> int:
-    """`frwatch alerts tail [--from-beginning] [--json]`."""
+    """`frwatch alerts tail [--from-beginning] [--json] [--status S]...`."""
     try:
         return _run_checked(
             settings,
-            _tail(settings, args.from_beginning, args.json, args.max, args.idle_exit),
+            _tail(
+                settings,
+                args.from_beginning,
+                args.json,
+                args.max,
+                args.idle_exit,
+                frozenset(args.status) if args.status else None,
+            ),
             (settings.topic_alerts,),
         )
     except KafkaConnectionError as exc:

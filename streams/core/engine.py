@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from streams.core.classify import FACE, NONE, EnrichedEvent
 from streams.core.conditions import FIELDS
 from streams.core.exceptions import ExceptionFilter
 from streams.core.rules import Requirement, Rule, RuleSet
-from streams.core.state import WindowState, WindowStore, id_hash, window_key
+from streams.core.state import (
+    MAX_EXACT,
+    NOTHING_DUE,
+    Due,
+    WindowLifecycle,
+    WindowState,
+    WindowStore,
+    id_hash,
+    new_sketch,
+    split_window_key,
+    window_key,
+)
 from streams.core.windows import window_start
 from topics.accounts import AccountRecord
 from topics.alerts import ACCOUNT_FIELDS, MAX_SAMPLES, Alert, alert_id
+from topics.window_state import AlertProgress
 
 
 @dataclass(slots=True)
@@ -26,14 +38,17 @@ class Observation:
 
     matched: list[str] = field(default_factory=list)
     duplicate: bool = False
-    alerts: list[Alert] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)  # windows it fired: `open` revisions
+    updates: list[Alert] = field(default_factory=list)  # `update` revisions it caused
 
 
 SCOPE_ORDER = ("account_id", "org_id")
-MAX_IDS_PER_WINDOW = 100_000  # beyond this a window stops recognising redeliveries (SPEC 4.1)
+MAX_IDS_PER_WINDOW = MAX_EXACT  # beyond this a window estimates (SPEC 4.1, 5)
 
 # returned for the many events that match no rule; never mutated
 NOTHING = Observation()
+NO_REVISIONS: list[Alert] = []  # returned by `expire` when nothing is due; never mutated
+NO_DROPS: list[str] = []
 
 
 def group_key(rule: Rule, ee: EnrichedEvent) -> str | None:
@@ -84,10 +99,18 @@ def _distinct_values(req: Requirement) -> Callable[[EnrichedEvent], Iterable[str
 
 def _satisfied(rule: Rule, st: WindowState) -> bool:
     for i, req in enumerate(rule.requires):
-        have = st.req_counts[i] if req.kind == "count" else len(st.distinct[i] or ())
+        have = st.req_counts[i] if req.kind == "count" else st.distinct_count(i)
         if have < req.at_least:
             return False
     return True
+
+
+def magnitude(rule: Rule, st: WindowState) -> int:
+    """How big a window's alert is (SPEC 5): distinct for a distinct rule, else count."""
+    dreq = rule.distinct_requirement
+    if dreq is None:
+        return st.count
+    return st.distinct_count(rule.requires.index(dreq))
 
 
 class RuleIndex:
@@ -133,13 +156,18 @@ class RuleIndex:
 
 
 class Detector:
-    """Runs a rule set (or the rules of one group_by scope) against enriched events."""
+    """Runs a rule set (or the rules of one group_by scope) against enriched events.
+
+    Window states live in `store`; their clock, closing and expiry in `lifecycle` (shared by
+    the detectors of one store; by default its own, with one partition, as replay has).
+    """
 
     def __init__(
         self,
         rules: RuleSet,
         store: WindowStore,
         scope: str | None = None,
+        lifecycle: WindowLifecycle | None = None,
         exceptions: ExceptionFilter | None = None,
     ) -> None:
         self.rule_set = rules
@@ -155,8 +183,12 @@ class Detector:
             )
         )
         self.store = store
+        if lifecycle is None:
+            lifecycle = WindowLifecycle(store)
+            lifecycle.set_rules(rules.rules)
+        self.lifecycle = lifecycle
         self.watermark_ms = 0
-        self._swept_ms = -1  # the retention clock at the last expiry pass
+        self._swept_ms = -1  # replay's clock at its last pass (`expire`)
         self.index = RuleIndex(self.rules)
         self._values = {
             (r.id, i): _distinct_values(q)
@@ -164,6 +196,8 @@ class Detector:
             for i, q in enumerate(r.requires)
             if q.kind == "distinct"
         }
+        # every rule of the set (not only the scope's): closing looks a key's rule up
+        self._by_version = {(r.id, r.state_version): r for r in rules.rules}
 
     def matching_rules(self, ee: EnrichedEvent) -> list[Rule]:
         """Rules whose match condition holds and whose group key is known."""
@@ -172,7 +206,7 @@ class Detector:
         ]
 
     def observe(self, ee: EnrichedEvent, matched: tuple[str, ...] | None = None) -> Observation:
-        """Count the event in every window it belongs to; return the alerts it fires.
+        """Count the event in every window it belongs to; return the revisions it causes.
 
         `matched`: the ids of the rules that match it, when the caller knows them (the live
         detect stage: ingest matched them under the same rules); None: match here.
@@ -196,24 +230,110 @@ class Detector:
                 primary = rule.group_by
             if self._count(rule, gk, ee, obs) and rule.group_by == primary:
                 obs.duplicate = True
+        if obs is not NOTHING and len(obs.alerts) > 1:
+            self._relate(obs)
         return obs
+
+    def _relate(self, obs: Observation) -> None:
+        """One event fired several rules for one group: each alert lists the others (SPEC 5)."""
+        by_group: dict[tuple[str, str], list[int]] = {}
+        for i, a in enumerate(obs.alerts):
+            by_group.setdefault((a.group_by, a.group_key), []).append(i)
+        for idxs in by_group.values():
+            if len(idxs) < 2:
+                continue
+            ids = [obs.alerts[i].alert_id for i in idxs]
+            for i in idxs:
+                a = obs.alerts[i]
+                related = tuple(x for x in ids if x != a.alert_id)
+                obs.alerts[i] = replace(a, related=related)
+                key = self._key_of(a)
+                st = self.store.get(key)
+                if st is not None and st.alert is not None:
+                    st.alert.related = list(related)
+                    self.store.put(key, st)
 
     def _known(self, rule_ids: tuple[str, ...]) -> list[Rule]:
         """These rules of this detector, in its order (ids of other scopes are left out)."""
         return [r for r in self.rules if r.id in rule_ids]
 
-    def expire(self) -> int:
-        """Drop window states that event time has left more than 24h behind.
+    def _key_of(self, a: Alert) -> str:
+        rule = self.rule_set.by_id(a.rule_id)
+        return window_key(
+            rule.id, rule.state_version, a.window_start_ms, a.window_end_ms, a.group_key
+        )
 
-        A pass runs only when the retention clock has moved since the last one (SPEC 4.1):
-        a window that a late event started beyond retention then lives until the clock next
-        moves, so that the late events that follow it count with it and may fire it again.
-        Windows that were in time become due only when the clock moves, so they are unaffected.
+    def expire(self) -> list[Alert]:
+        """Replay's pass at the retention clock (the highest event time so far): the closed
+        revisions due, and states more than 24h behind (or of retired rule versions) dropped.
+
+        A pass runs only when the clock has moved since the last one (SPEC 4.1): a window
+        that a late event started beyond retention then lives until the clock next moves,
+        so that the late events that follow it count with it and may fire it again.
         """
-        if self.watermark_ms <= self._swept_ms:
-            return 0
+        if self.watermark_ms <= self._swept_ms:  # the hot path: the clock did not move
+            return NO_REVISIONS
         self._swept_ms = self.watermark_ms
-        return self.store.expire(self.watermark_ms)
+        due = self.lifecycle.tick(0, self.watermark_ms)
+        if due is NOTHING_DUE:
+            return NO_REVISIONS
+        revisions, drops = self._revisions_due(due)
+        for key in drops:
+            self.store.drop(key)
+        return revisions
+
+    def sweep(self, partition: int) -> tuple[list[Alert], list[str]]:
+        """What the partition's clock makes due: the revisions to send (closing), and the
+        keys to drop once they were sent (expired, with a last `closed` revision for a window
+        whose figures changed after closing, and those of retired rule versions)."""
+        due = self.lifecycle.sweep(partition)
+        if due is NOTHING_DUE:
+            return NO_REVISIONS, NO_DROPS
+        return self._revisions_due(due)
+
+    def _revisions_due(self, due: Due) -> tuple[list[Alert], list[str]]:
+        revisions = []
+        for key in due.closing:
+            rev = self.close(key)
+            if rev is not None:
+                revisions.append(rev)
+        for key in due.expired:
+            rev = self.close(key, final=True)
+            if rev is not None:
+                revisions.append(rev)
+        return revisions, due.retired + due.expired
+
+    def close(self, key: str, final: bool = False) -> Alert | None:
+        """The `closed` revision of the fired window under `key`, recorded in its state; None
+        when there is none to send (not fired, or already closed and unchanged since).
+
+        `final`: the state is being dropped, so a window whose figures changed after its
+        `closed` revision (late events) sends one more.
+        """
+        st = self.store.get(key)
+        if st is None or st.alert is None:
+            return None
+        progress = st.alert
+        if progress.status == "closed" and not (final and progress.changed_after_close):
+            return None
+        rule_id, version, start, _, gk = split_window_key(key)
+        rule = self._by_version.get((rule_id, version))
+        if rule is None:
+            return None
+        progress.revision += 1
+        progress.status = "closed"
+        progress.changed_after_close = False
+        self.store.put(key, st)
+        return self._revision(rule, gk, start, st)
+
+    def close_all(self) -> list[Alert]:
+        """End of replay input: every fired window not closed (or changed since) closes."""
+        revisions = []
+        for key in sorted(self.store.window_keys()):
+            rev = self.close(key, final=True)
+            if rev is not None:
+                revisions.append(rev)
+        return revisions
 
     def _count(self, rule: Rule, gk: str, ee: EnrichedEvent, obs: Observation) -> bool:
         """Count the event in the rule's window; True when the window recognised a redelivery."""
@@ -222,14 +342,12 @@ class Detector:
         key = window_key(rule.id, rule.state_version, start, start + rule.window_ms, gk)
         st = self.store.get(key)
         h = id_hash(e.event_id)
+        created = st is None
         if st is None:
             st = WindowState(len(rule.requires))
         elif h in st.ids:
             return True
         obs.matched.append(rule.id)
-        if st.fired:
-            # fired windows stop growing: a window fires at most once
-            return False
         for i, req in enumerate(rule.requires):
             if req.where is not None and not req.where(ee):
                 continue
@@ -238,37 +356,73 @@ class Detector:
                 continue
             seen = st.distinct[i]
             if seen is None:
-                seen = st.distinct[i] = []
-            if len(seen) < req.at_least:  # distinct values are kept only up to the threshold
-                for v in self._values[(rule.id, i)](ee):
-                    if v not in seen:
-                        seen.append(v)
-                        if len(seen) >= req.at_least:
-                            break
-        st.count += 1
-        # Until the window fires, every counted id is kept: a redelivery must add nothing
-        # whatever its other fields (a redelivered enrolment re-sent as an identification
-        # must not complete FR-007). A window that never fires is bounded by the safety cap.
-        if len(st.ids) < MAX_IDS_PER_WINDOW:
+                seen = st.distinct[i] = set()
+            order = st.distinct_order[i] if st.distinct_order is not None else None
+            sketch = st.value_sketches[i]
+            for v in self._values[(rule.id, i)](ee):
+                vh = id_hash(v)
+                if sketch is not None:
+                    sketch.update(vh)
+                elif vh not in seen:
+                    if len(seen) >= MAX_EXACT:  # beyond exact counting: estimate
+                        sketch = st.value_sketches[i] = new_sketch(seen)
+                        sketch.update(vh)
+                        st.estimated = True
+                        continue
+                    seen.add(vh)
+                    if order is not None:
+                        order.append(vh)
+        # Every counted id is kept (up to MAX_EXACT; beyond, a sketch counts): a redelivery
+        # must add nothing whatever its other fields (a redelivered enrolment re-sent as an
+        # identification must not complete FR-007).
+        if st.id_sketch is not None:
+            st.id_sketch.update(h)
+            st.count = max(round(st.id_sketch.get_estimate()), len(st.ids))
+        elif len(st.ids) < MAX_IDS_PER_WINDOW:
+            st.count += 1
             st.ids.add(h)
             if st.id_order is not None:
                 st.id_order.append(h)
+        else:
+            st.id_sketch = new_sketch(st.ids)
+            st.id_sketch.update(h)
+            st.estimated = True
+            st.count = max(round(st.id_sketch.get_estimate()), len(st.ids))
         if len(st.samples) < MAX_SAMPLES:
             st.samples.append(evidence_sample(ee))
-        if _satisfied(rule, st):
-            st.fired = True
-            obs.alerts.append(self._alert(rule, gk, start, st, ee))
-            # only what recognises redeliveries survives firing
-            st.distinct = [None] * len(rule.requires)
-            st.samples = []
+        progress = st.alert
+        if progress is None:
+            if _satisfied(rule, st):
+                m0 = max(magnitude(rule, st), 1)
+                st.alert = AlertProgress(0, "open", m0, m0 * 10, account_snapshot(ee))
+                obs.alerts.append(self._revision(rule, gk, start, st))
+                self.store.put(key, st)
+                if created:
+                    self.lifecycle.created(key)
+                self.lifecycle.fired(key)
+                return False
+        elif progress.status == "closed":
+            progress.changed_after_close = True  # one more `closed` when dropped
+        else:
+            m = magnitude(rule, st)
+            if m >= progress.next_update:
+                while progress.next_update <= m:
+                    progress.next_update *= 10
+                progress.revision += 1
+                progress.status = "update"
+                obs.updates.append(self._revision(rule, gk, start, st))
         self.store.put(key, st)
+        if created:
+            self.lifecycle.created(key)
         return False
 
-    def _alert(self, rule: Rule, gk: str, start: int, st: WindowState, ee: EnrichedEvent) -> Alert:
+    def _revision(self, rule: Rule, gk: str, start: int, st: WindowState) -> Alert:
+        progress = st.alert
+        assert progress is not None
         dreq = rule.distinct_requirement
         distinct = None
         if dreq is not None:
-            distinct = len(st.distinct[rule.requires.index(dreq)] or ())
+            distinct = st.distinct_count(rule.requires.index(dreq))
         return Alert(
             alert_id=alert_id(rule.id, gk, start),
             rule_id=rule.id,
@@ -277,7 +431,7 @@ class Detector:
             severity=rule.severity,
             group_by=rule.group_by,
             group_key=gk,
-            account=account_snapshot(ee),
+            account=progress.account,
             window_start_ms=start,
             window_end_ms=start + rule.window_ms,
             count=st.count,
@@ -285,4 +439,8 @@ class Detector:
             samples=tuple(st.samples),
             rule_version=rule.version,
             rules_sha256=self.rule_set.sha256,
+            status=progress.status,
+            revision=progress.revision,
+            related=tuple(progress.related),
+            estimated=st.estimated,
         )

@@ -17,7 +17,7 @@ import yaml
 from streams.core.classification import SECTION, parse_classification
 from streams.core.classify import Classification
 from streams.core.conditions import ConditionError, Predicate, compile_condition
-from streams.core.windows import parse_duration_ms
+from streams.core.windows import RETENTION_MS, parse_duration_ms
 
 GROUP_BY = ("account_id", "org_id")
 SEVERITIES = ("critical", "high", "medium", "low")
@@ -33,6 +33,7 @@ DISTINCT_FIELDS = (
     "event_id",
 )
 MAX_WINDOW_MS = 7 * 86_400_000
+DEFAULT_CLOSE_AFTER_MS = 5 * 60_000  # a fired window closes 5m of retention clock after its end
 _RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
 _RULE_KEYS = {
     "id",
@@ -45,6 +46,7 @@ _RULE_KEYS = {
     "match",
     "group_by",
     "window",
+    "close_after",
     "requires",
 }
 _REQUIRED_RULE_KEYS = (
@@ -125,6 +127,9 @@ class Rule:
     #: requires with named conditions and lists expanded; title, clause, severity, tags and
     #: enabled do not change it
     version: str = ""
+    #: how long after the window's end (retention clock) a fired window is closed (SPEC 5);
+    #: not part of the version
+    close_after_ms: int = DEFAULT_CLOSE_AFTER_MS
 
     @property
     def state_version(self) -> str:
@@ -349,6 +354,16 @@ def _rule(
         raise _fail(file, rid, "window", str(exc)) from None
     if window_ms > MAX_WINDOW_MS:
         raise _fail(file, rid, "window", "window may be at most 7d")
+    close_after = node.get("close_after", "5m")
+    try:
+        if not isinstance(close_after, str):
+            raise ValueError("close_after must be a duration string such as 5m")
+        close_after_ms = parse_duration_ms(close_after)
+    except ValueError as exc:
+        raise _fail(file, rid, "close_after", str(exc)) from None
+    if close_after_ms > RETENTION_MS:
+        # a window is closed before its state is dropped (SPEC 4.1, 5)
+        raise _fail(file, rid, "close_after", "close_after may be at most 24h")
     tags = node.get("tags", [])
     if not isinstance(tags, list) or any(not isinstance(t, str) for t in tags):
         raise _fail(file, rid, "tags", "tags must be a list of strings")
@@ -378,6 +393,7 @@ def _rule(
         bio_kinds=gates.get("bio_kind"),
         traits=gates.get("trait"),
         version=rule_version(node, window_ms, lists, named_raw, classification),
+        close_after_ms=close_after_ms,
     )
 
 

@@ -96,6 +96,12 @@ def test_demo_alerts_on_every_rule_and_cleans_up_twice_in_a_row() -> None:
             alert_lines = [line for line in proc.stdout.splitlines() if " id=" in line]
             fired = {m for line in alert_lines for m in re.findall(r"\bFR-0(?:0[1-9]|10)\b", line)}
             assert fired == RULE_IDS, report
+            # an alert being updated and closed (SPEC 5): appended lines, stdout is no terminal
+            grown = [line for line in alert_lines if line.startswith("updated ")]
+            closed = [line for line in alert_lines if line.startswith("closed ")]
+            assert [re.search(r" count=(\d+)", line)[1] for line in grown] == ["10", "100"], report  # type: ignore[index]
+            assert len(closed) == 1 and " count=150 " in closed[0] and "FR-001" in closed[0], report
+            assert 'frwatch_alert_revisions_total{status="closed"} 1.0' in proc.stderr, report
             assert 'frwatch_alerts_total{rule_id="FR-001"' in proc.stderr, report
             assert "stopped" in proc.stderr, report
             assert _brokers_of(run_dir) == [], f"broker of {run_dir} still running\n{report}"

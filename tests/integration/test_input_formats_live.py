@@ -55,6 +55,7 @@ def test_azure_format_live_equals_replay_and_dead_letters_name_the_source(
     accounts = SAMPLES / "accounts.jsonl"
     replayed = frwatch(["replay", "--accounts", str(accounts), str(archive)], env)
     expected = [orjson.loads(line) for line in replayed.stdout.splitlines()]
+    expected = [a for a in expected if a["status"] == "open"]  # the alerts, not revisions
     summary = orjson.loads(replayed.stderr.decode().strip().splitlines()[-1])
     assert sorted({a["rule_id"] for a in expected}) == ["FR-001", "FR-008"]
     assert len([a for a in expected if a["rule_id"] == "FR-001"]) == 3  # 07h, 08h, 09h

@@ -126,7 +126,7 @@ def test_kcat_reads_alerts_as_an_analyst_would(
     assert {k for k, _ in rows} == {a["alert_id"] for a in expected}
     for key, value in rows:
         doc = orjson.loads(value)
-        assert doc["schema"] == "frwatch.alert/v1" and doc["alert_id"] == key
+        assert doc["schema"] == "frwatch.alert/v2" and doc["alert_id"] == key
 
 
 def _restarted_worker_completes(

@@ -15,7 +15,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from scenarios import write_jsonl
 from worker_harness import frwatch, frwatch_env, read_topic
 
-from streams.cli.ops import alert_line
+from streams.cli.alert_board import alert_line
 from streams.synthetic import DEFAULT_START_MS, SAMPLE_ACCOUNTS
 from topics.alerts import Alert, alert_id
 

@@ -12,16 +12,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 from scenarios import scenario_archive, write_jsonl
 from worker_harness import (
     REPO,
     Worker,
-    alert_ids_on_topic,
     free_port,
     frwatch,
     frwatch_env,
+    read_topic,
     wait_for,
 )
 
@@ -123,9 +124,16 @@ def test_every_dashboard_query_returns_data(
             if not answer["data"]["result"]:
                 empty.append(f"{title}: {expr}")
         assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
-        on_topic = alert_ids_on_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])
+        on_topic = [
+            orjson.loads(v)
+            for _, v in read_topic(kafka_bootstrap, env["FRWATCH_TOPIC_ALERTS"])
+            if v
+        ]
+        opens = [a for a in on_topic if a["status"] == "open"]
         total = prom_query(port, 'sum(frwatch_alerts_total{job="frwatch"})')
-        assert float(total["data"]["result"][0]["value"][1]) == len(on_topic) > 0
+        assert float(total["data"]["result"][0]["value"][1]) == len(opens) > 0
+        revisions = prom_query(port, 'sum(frwatch_alert_revisions_total{job="frwatch"})')
+        assert float(revisions["data"]["result"][0]["value"][1]) == len(on_topic)
         rules = json.loads(
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=10).read()
         )

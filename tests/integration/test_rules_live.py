@@ -68,10 +68,11 @@ def _rules_metric(worker: Worker, sha: str) -> bool:
 
 
 def _alerts(env: dict[str, str]) -> list[dict[str, Any]]:
+    """The alerts on the topic: their `open` revisions."""
     return [
-        orjson.loads(v)
+        doc
         for _, v in read_topic(env["FRWATCH_BROKER"], env["FRWATCH_TOPIC_ALERTS"])
-        if v
+        if v and (doc := orjson.loads(v))["status"] == "open"
     ]
 
 

@@ -296,5 +296,8 @@ def test_a_worker_that_may_not_write_alerts_stops_and_commits_nothing_past(
 
 def alert_ids_on_topic_as(env: dict[str, str], topic: str) -> list[str]:
     """alert ids on the topic, read with `frwatch alerts tail` as the env's principal."""
-    proc = frwatch(["alerts", "tail", "--from-beginning", "--json", "--idle-exit", "2"], env)
+    proc = frwatch(
+        ["alerts", "tail", "--from-beginning", "--json", "--status", "open", "--idle-exit", "2"],
+        env,
+    )
     return [orjson.loads(x)["alert_id"] for x in proc.stdout.splitlines() if x]

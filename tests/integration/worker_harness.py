@@ -256,16 +256,23 @@ def read_topic(
 
 
 def alert_ids_on_topic(bootstrap: str, topic: str) -> list[str]:
-    """alert_id of every alert message, repeats included."""
-    return [orjson.loads(v)["alert_id"] for _, v in read_topic(bootstrap, topic) if v]
+    """alert_id of every alert, repeats included: of its `open` revisions (SPEC 5), so that
+    an alert's `update` and `closed` revisions are not taken for repeats."""
+    return [
+        doc["alert_id"]
+        for _, v in read_topic(bootstrap, topic)
+        if v and (doc := orjson.loads(v))["status"] == "open"
+    ]
 
 
 def replay_alerts(
     archive: Path, accounts: Path, env: dict[str, str]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """`frwatch replay` of the same files: alerts and the summary line."""
+    """`frwatch replay` of the same files: the alerts (their `open` revisions: replay also
+    writes each alert's `update` and `closed` revisions) and the summary line."""
     proc = frwatch(["replay", "--accounts", str(accounts), str(archive)], env)
     alerts = [orjson.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    alerts = [a for a in alerts if a["status"] == "open"]
     summary = orjson.loads(proc.stderr.decode().strip().splitlines()[-1])
     return alerts, summary
 

@@ -40,6 +40,8 @@ SEVERITY = {
 ALERT_KEYS = {
     "schema",
     "alert_id",
+    "status",
+    "revision",
     "rule_id",
     "title",
     "clause",
@@ -50,6 +52,7 @@ ALERT_KEYS = {
     "window",
     "observed",
     "evidence",
+    "related",
     "detected_at",
     "mode",
     "detector",
@@ -64,6 +67,12 @@ class Result:
 
     @property
     def alerts(self) -> list[dict[str, Any]]:
+        """The alerts: their open revisions (SPEC 5)."""
+        return [a for a in self.revisions if a["status"] == "open"]
+
+    @property
+    def revisions(self) -> list[dict[str, Any]]:
+        """Every line of the output: each revision of each alert."""
         return [orjson.loads(line) for line in self.stdout.splitlines()]
 
     @property
@@ -140,7 +149,7 @@ def test_demo_archive_fires_each_rule_once_with_complete_alerts(
     for a in alerts:
         rid = a["rule_id"]
         assert set(a) == ALERT_KEYS, rid
-        assert a["schema"] == "frwatch.alert/v1"
+        assert a["schema"] == "frwatch.alert/v2"
         assert a["mode"] == "replay"
         assert a["severity"] == SEVERITY[rid]
         assert a["title"] and a["clause"]
@@ -155,7 +164,7 @@ def test_demo_archive_fires_each_rule_once_with_complete_alerts(
         expected_account = {k: (acct or {}).get(k) for k in ACCOUNT_FIELDS}
         expected_account["account_id"] = a["account"]["account_id"]
         assert a["account"] == expected_account
-        assert set(a["observed"]) == {"count", "distinct"}
+        assert set(a["observed"]) == {"count", "distinct", "estimated"}
         assert a["observed"]["count"] >= 1
         samples = a["evidence"]["samples"]
         assert 1 <= len(samples) <= 10
@@ -177,10 +186,10 @@ def test_demo_archive_fires_each_rule_once_with_complete_alerts(
         "account_id": "acct-unknown-7"
     }
     assert got["FR-006"]["account"]["org_id"] == "org-retail"
-    assert got["FR-006"]["observed"] == {"count": 50, "distinct": 50}
-    assert got["FR-005"]["observed"] == {"count": 3, "distinct": None}
-    assert got["FR-007"]["observed"] == {"count": 21, "distinct": None}
-    assert got["FR-001"]["observed"] == {"count": 1, "distinct": None}
+    assert got["FR-006"]["observed"] == {"count": 50, "distinct": 50, "estimated": False}
+    assert got["FR-005"]["observed"] == {"count": 3, "distinct": None, "estimated": False}
+    assert got["FR-007"]["observed"] == {"count": 21, "distinct": None, "estimated": False}
+    assert got["FR-001"]["observed"] == {"count": 1, "distinct": None, "estimated": False}
 
     summary = r.summary
     assert set(summary) == {
@@ -213,7 +222,8 @@ def test_out_file(tmp_path: Path, archive: Path, accounts: Path) -> None:
     r = frwatch("replay", "--accounts", accounts, "--out", out, archive)
     assert r.code == 0
     assert r.stdout == b""
-    assert len(out.read_bytes().splitlines()) == 10
+    revisions = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert sum(a["status"] == "open" for a in revisions) == 10
     assert r.summary["alerts"] == 10
 
 

@@ -25,7 +25,6 @@ from streams.core.engine import Detector
 from streams.core.rules import RuleSet, builtin_rules_bytes, load_rules, parse_rules
 from streams.core.state import (
     MemoryWindowStore,
-    WindowState,
     id_hash,
     split_window_key,
     window_key,
@@ -42,6 +41,7 @@ from topics.alerts import Alert, alert_id
 from topics.dlq import INTERNAL_ERROR
 from topics.requests import RequestEvent, parse_request_record
 from topics.stage2 import watermark_message
+from topics.window_state import WindowValue
 
 DETECT_TOPIC = "frwatch-detect"
 PARTITIONS = 4
@@ -230,11 +230,13 @@ def test_nothing_reaches_the_table_until_flush() -> None:
     )
     store.flush()
     assert store.pending == {}
-    assert list(pipe.table) == [key, samples_key(key), ids_key(key, 0)]
+    # the value last: it counts only hashes its chunks already hold (a kill mid-flush)
+    assert list(pipe.table) == [samples_key(key), ids_key(key, 0), key]
     assert pipe.table[ids_key(key, 0)] == [id_hash("f-1")]
     wire = pipe.table[key]
-    st = WindowState.from_wire(wire)
-    assert st is not None and st.fired and st.count == 1 and wire["ic"] == 1
+    value = WindowValue.from_wire(wire)
+    assert value is not None and value.fired and value.count == 1 and wire["ic"] == 1
+    assert value.alert is not None and (value.alert.revision, value.alert.status) == (0, "open")
     orjson.dumps(wire)  # the table's changelog holds plain JSON
 
 
@@ -606,6 +608,59 @@ def test_state_of_a_changed_rule_is_never_read_and_never_an_error() -> None:
     assert alert.count == 4
 
 
+# --- the alert lifecycle live (SPEC 5): closing by the detect partition's clock --------------
+
+
+def test_a_fired_window_closes_when_its_partitions_clock_passes_end_plus_close_after() -> None:
+    pipe = Pipeline()
+    acct = "acct-metro-pd"
+    part = destination(acct, PARTITIONS)
+    for i in range(12):
+        pipe.feed(ev(f"le-{i}", acct, "face.verify", ts=HOUR0 + i))
+    assert [a.status for a in pipe.alerts] == ["open"]
+    key = wkey("FR-001", HOUR0, HOUR0 + HOUR_MS, acct)
+    # the clock at the window's end + 5m - 1: nothing closes
+    pipe.advance(HOUR0 + HOUR_MS + 5 * 60_000 - 1)
+    assert pipe.stage.sweep(part).revisions == []
+    pipe.advance(HOUR0 + HOUR_MS + 5 * 60_000)
+    swept = pipe.stage.sweep(part)
+    assert [(a.alert_id, a.status, a.revision, a.count) for a in swept.revisions] == [
+        (alert_id("FR-001", acct, HOUR0), "closed", 2, 12)  # open 0, update 1 (at 10), closed 2
+    ]
+    # recorded only once flushed (after the revision was acknowledged)
+    assert WindowValue.from_wire(pipe.table[key]).alert.status == "update"  # type: ignore[union-attr]
+    pipe.stage.store.flush()
+    assert WindowValue.from_wire(pipe.table[key]).alert.status == "closed"  # type: ignore[union-attr]
+    # a restart on the same table does not close it again
+    restarted = DetectStage(RULES, pipe.table, PARTITIONS)
+    assert restarted.sweep(part).revisions == []
+
+
+def test_a_closed_revision_not_recorded_before_a_crash_is_sent_again_after_restart() -> None:
+    pipe = Pipeline()
+    acct = "acct-metro-pd"
+    part = destination(acct, PARTITIONS)
+    pipe.feed(ev("le-0", acct, "face.verify", ts=HOUR0))
+    pipe.advance(HOUR0 + 2 * HOUR_MS)
+    assert [a.status for a in pipe.stage.sweep(part).revisions] == ["closed"]
+    pipe.stage.store.pending.clear()  # killed before the flush: the clock was kept, not the close
+    restarted = DetectStage(RULES, pipe.table, PARTITIONS)
+    assert [(a.status, a.revision) for a in restarted.sweep(part).revisions] == [("closed", 1)]
+
+
+def test_a_window_state_of_an_older_shape_is_ignored_never_an_error() -> None:
+    pipe = Pipeline()
+    acct = "acct-metro-pd"
+    key = wkey("FR-001", HOUR0, HOUR0 + HOUR_MS, acct)
+    # a v1 value (no "v"): fired, so it would stop this window from alerting
+    pipe.table[key] = {"f": True, "n": 1, "ic": 1, "c": [1], "d": [None], "s": []}
+    pipe.table[ids_key(key, 0)] = [id_hash("old")]
+    (out,) = pipe.feed(ev("new-1", acct, "face.verify", ts=HOUR0 + 5))
+    assert out.error == 0
+    assert [a.rule_id for a, _ in out.alerts] == ["FR-001"]
+    assert pipe.table[key]["v"] == 2
+
+
 def test_detect_trusts_the_rules_ingest_matched_only_under_the_same_rules() -> None:
     """A version-1 message routed under the rules in force is not matched again; one routed
     under other rules (around a change) or without a version is."""
@@ -634,3 +689,39 @@ def test_a_forwards_message_of_an_unknown_version_is_dead_lettered_whole() -> No
     assert dl.rejection.reason == INTERNAL_ERROR
     assert "version 9" in dl.rejection.detail
     assert (dl.partition, dl.offset) == (1, 5)
+
+
+def test_a_flush_cut_short_by_a_kill_reads_back_as_before_it() -> None:
+    """Chunks are written before their value and read only up to its counts: a worker killed
+    mid-flush loses nothing when the flush's events are processed again (kill -9, SPEC 5)."""
+
+    class Killed(Exception):
+        pass
+
+    class DiesAtTheValue(dict[str, Any]):
+        armed = False
+
+        def __setitem__(self, key: str, value: Any) -> None:
+            if self.armed and not key.startswith("~"):
+                raise Killed(key)
+            super().__setitem__(key, value)
+
+    def subjects(i: int) -> dict[str, Any]:
+        return ev(f"id-{i}", "acct-retail-east", "face.identify", subject_ids=[f"s-{i}"])
+
+    table = DiesAtTheValue()
+    pipe = Pipeline()
+    pipe.stage = DetectStage(RULES, table, PARTITIONS)
+    for i in range(70):
+        pipe.feed(subjects(i))
+    table.armed = True
+    with pytest.raises(Killed):
+        pipe.feed(subjects(70))  # its chunks reach the table, its value does not
+    table.armed = False
+    restarted = Pipeline()
+    restarted.stage = DetectStage(RULES, table, PARTITIONS)
+    restarted.feed(subjects(70))  # processed again after the restart
+    key = wkey("FR-006", HOUR0, HOUR0 + HOUR_MS, "org-retail")
+    value = WindowValue.from_wire(table[key])
+    assert value is not None and (value.count, value.distinct) == (71, [71])
+    assert restarted.duplicate == 0

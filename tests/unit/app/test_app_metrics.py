@@ -56,6 +56,7 @@ def test_every_spec_metric_is_exposed_with_its_type() -> None:
     registry, _ = fresh()
     text = scrape(registry)
     assert types(text) == {
+        "frwatch_alert_revisions": "counter",
         "frwatch_events": "counter",
         "frwatch_rule_matches": "counter",
         "frwatch_alerts": "counter",
@@ -90,6 +91,8 @@ def test_zeros_are_pre_filled_with_the_spec_labels() -> None:
         assert got[("frwatch_events_total", (("result", result),))] == 0
     for result in ("hit", "miss"):
         assert got[("frwatch_enrichment_total", (("result", result),))] == 0
+    for status in ("open", "update", "closed"):
+        assert got[("frwatch_alert_revisions_total", (("status", status),))] == 0
     for rule_id in RULE_IDS:
         assert got[("frwatch_rule_matches_total", (("rule_id", rule_id),))] == 0
         key = ("frwatch_alerts_total", (("rule_id", rule_id), ("severity", SEVERITIES[rule_id])))
@@ -312,6 +315,7 @@ def test_no_label_value_is_a_customer_value_after_many_accounts() -> None:
         "result": set(RESULTS) | {"hit", "miss", "applied", "refused"},
         "rule_id": set(RULE_IDS),
         "severity": SEVERITY_VALUES,
+        "status": {"open", "update", "closed"},
         "le": {_le(b) for b in (*EVENT_LAG_BUCKETS, *ALERT_LATENCY_BUCKETS, math.inf)},
     }
     for _name, labels in got:

@@ -26,6 +26,7 @@ def test_the_yardstick_gives_the_alert_ids_of_frwatch(tmp_path: Path) -> None:
         open_all([str(archive)]), load_rules(), load_accounts(str(accounts), print), sink
     )
     alerts = [orjson.loads(line) for line in sink.getvalue().splitlines()]
+    alerts = [a for a in alerts if a["status"] == "open"]  # an alert: its open revision
     assert len({a["rule_id"] for a in alerts}) >= 9  # most of the catalog fires
     assert Counter(ids) == Counter(a["alert_id"] for a in alerts)
     assert (counts["events"], counts["malformed"]) == (summary.events, summary.malformed)

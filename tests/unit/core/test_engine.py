@@ -17,6 +17,7 @@ from topics.accounts import AccountRecord
 from topics.alerts import SAMPLE_FIELDS, Alert, alert_id
 from topics.requests import RequestEvent, parse_request_record
 from topics.timestamps import parse_rfc3339_ms
+from topics.window_state import WindowValue
 
 HOUR = 3_600_000
 DAY = 86_400_000
@@ -115,7 +116,7 @@ def test_distinct_requirement_counts_values_not_events() -> None:
     obs = identify(h, "last", T0 + 500, ["subj-49", "subj-50", "subj-51"])
     (alert,) = obs.alerts
     assert (alert.rule_id, alert.group_key, alert.group_by) == ("FR-006", "org-retail", "org_id")
-    assert alert.distinct == 50
+    assert alert.distinct == 52  # every distinct value counts, past the threshold too
     assert alert.count == 30 + 48 + 1
     assert alert.account["account_id"] == "acct-east"  # the firing event's account
     assert len(alert.samples) == 10
@@ -313,30 +314,31 @@ def test_redelivery_beyond_a_met_threshold_leaves_observed_count() -> None:
 # ----------------------------------------------------------------------------- bounded state
 
 
-def test_fired_state_stops_growing() -> None:
+def test_fired_window_keeps_counting_and_recognising_redeliveries() -> None:
     h = Harness()
     for i in range(100):
         enroll(h, f"en-{i}", DAY0 + i)
     st = h.state("FR-007", "acct-gallery", DAY0)
     assert st is not None and not st.fired
-    assert len(st.ids) == 100  # kept until it fires (see the redelivery tests)
-    assert len(st.samples) <= 10
+    assert len(st.ids) == 100
+    assert len(st.samples) == 10
     for i in range(50):
         llm(h, f"l-{i}", T0 + i)
+    llm(h, "l-7", T0 + 7)  # a redelivery after firing adds nothing
     st = h.state("FR-005", "acct-vision", T0)
     assert st is not None and st.fired
-    assert len(st.ids) <= 3
-    assert st.samples == []
+    assert st.count == len(st.ids) == 50  # counted on after firing (SPEC 5)
+    assert len(st.samples) == 10
 
 
-def test_distinct_state_keeps_at_most_threshold_values() -> None:
+def test_distinct_state_keeps_every_value_after_firing() -> None:
     h = Harness()
     identify(h, "big", T0, [f"s-{i}" for i in range(40)])
     identify(h, "big2", T0 + 1, [f"t-{i}" for i in range(40)])
+    identify(h, "big2", T0 + 1, [f"u-{i}" for i in range(40)])  # a redelivery: ignored
     st = h.state("FR-006", "org-retail", T0)
     assert st is not None and st.fired
-    assert st.distinct == [None]  # released when the window fired
-    # both events are remembered (a redelivery of either is recognised), and nothing else
+    assert st.distinct[0] is not None and len(st.distinct[0]) == 80
     assert st.ids == {id_hash("big"), id_hash("big2")}
 
 
@@ -362,7 +364,7 @@ rules:
     identify(h, "a", T0, [f"s-{i}" for i in range(40)])
     st = h.state("R", "acct-east", T0)
     assert st is not None
-    assert st.distinct[0] is not None and len(st.distinct[0]) == 5
+    assert st.distinct[0] is not None and len(st.distinct[0]) == 40  # all counted (SPEC 5)
 
 
 def test_window_keeps_every_counted_id_until_it_fires_up_to_a_cap(
@@ -534,7 +536,7 @@ def test_an_event_that_does_not_move_the_clock_drops_nothing() -> None:
     h.feed("acct-other", "embeddings", event_id="t", ts=T0 + HOUR + DAY + 1)
     assert h.state("FR-001", "acct-le", T0) is None
     h.feed(event_id="e2", ts=T0 + 20)
-    assert h.detector.expire() == 0  # same clock: no pass
+    assert h.detector.expire() == []  # same clock: no pass
     assert h.state("FR-001", "acct-le", T0) is not None
 
 
@@ -547,19 +549,21 @@ def test_the_watermark_is_the_highest_event_time_seen() -> None:
 
 def test_window_state_round_trips_through_the_wire_form() -> None:
     h = Harness()
-    llm(h, "a", T0 + 1)
+    for i in range(3):
+        llm(h, f"a{i}", T0 + 1 + i)
     st = h.state("FR-005", "acct-vision", T0)
-    assert st is not None
-    wire = orjson.loads(orjson.dumps(st.to_wire()))
-    back = WindowState.from_wire(wire)
-    assert back is not None
-    assert wire["ic"] == len(st.ids) == 1  # the ids themselves are kept in chunks beside it
-    assert (back.fired, back.count, back.req_counts, back.distinct, back.samples) == (
+    assert st is not None and st.fired
+    wire = orjson.loads(orjson.dumps(st.value().to_wire()))
+    assert wire["v"] == 2
+    value = WindowValue.from_wire(wire)
+    assert value is not None
+    back = WindowState.from_value(value)
+    assert wire["ic"] == len(st.ids) == 3  # the ids themselves are kept in chunks beside it
+    assert (back.fired, back.count, back.req_counts, back.alert) == (
         st.fired,
         st.count,
         st.req_counts,
-        st.distinct,
-        st.samples,
+        st.alert,
     )
 
 

@@ -183,6 +183,9 @@ ERRORS = [
     ("bad_window_1_hour", _mutate([*RULE0, "window"], "1 hour"), "R-1", "window", "1 hour"),
     ("window_not_a_string", _mutate([*RULE0, "window"], 3600), "R-1", "window", "duration"),
     ("window_over_7d", _mutate([*RULE0, "window"], "8d"), "R-1", "window", "7d"),
+    ("bad_close_after", _mutate([*RULE0, "close_after"], "5 min"), "R-1", "close_after", "5 min"),
+    ("close_after_number", _mutate([*RULE0, "close_after"], 300), "R-1", "close_after", "duration"),
+    ("close_after_over_24h", _mutate([*RULE0, "close_after"], "2d"), "R-1", "close_after", "24h"),
     (
         "unknown_operator",
         _mutate([*RULE0, "match", "all", 1], {"field": "gallery.kind", "matches": "sus.*"}),
@@ -497,3 +500,12 @@ def test_rule_version_follows_the_detection_definition_only() -> None:
     window = parse_rules(text.replace("window: 24h", "window: 12h").encode(), "d.yaml")
     assert {r.id for r in window.rules if r.version != versions[r.id]} == {"FR-007"}
     assert base.by_id("FR-007").state_version == versions["FR-007"][:16]
+
+
+def test_close_after_defaults_to_5m_and_does_not_change_the_version() -> None:
+    """SPEC 5: per-rule close_after; SPEC 4.3: it is not part of the detection definition."""
+    plain = parse_rules(dump(base_doc()), "a.yaml")
+    closing = parse_rules(dump(_mutate([*RULE0, "close_after"], "2h")), "b.yaml")
+    assert plain.rules[0].close_after_ms == 300_000
+    assert closing.rules[0].close_after_ms == 7_200_000
+    assert closing.rules[0].version == plain.rules[0].version

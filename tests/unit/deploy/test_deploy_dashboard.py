@@ -29,6 +29,7 @@ SPEC7: dict[str, tuple[str, frozenset[str]]] = {
     "frwatch_events_total": ("counter", frozenset({"result"})),
     "frwatch_rule_matches_total": ("counter", frozenset({"rule_id"})),
     "frwatch_alerts_total": ("counter", frozenset({"rule_id", "severity"})),
+    "frwatch_alert_revisions_total": ("counter", frozenset({"status"})),
     "frwatch_enrichment_total": ("counter", frozenset({"result"})),
     "frwatch_event_lag_seconds": ("histogram", frozenset()),
     "frwatch_alert_latency_seconds": ("histogram", frozenset()),

@@ -94,6 +94,8 @@ def test_to_dict_has_exactly_the_spec_keys() -> None:
     assert list(doc) == [
         "schema",
         "alert_id",
+        "status",
+        "revision",
         "rule_id",
         "title",
         "clause",
@@ -104,6 +106,7 @@ def test_to_dict_has_exactly_the_spec_keys() -> None:
         "window",
         "observed",
         "evidence",
+        "related",
         "detected_at",
         "mode",
         "detector",
@@ -117,7 +120,7 @@ def test_to_dict_has_exactly_the_spec_keys() -> None:
         "country",
     }
     assert set(doc["window"]) == {"start", "end"}
-    assert set(doc["observed"]) == {"count", "distinct"}
+    assert set(doc["observed"]) == {"count", "distinct", "estimated"}
     assert set(doc["evidence"]) == {"first_ts", "last_ts", "samples"}
     assert set(doc["detector"]) == {"version", "rules_sha256", "rule_version"}
     for s in doc["evidence"]["samples"]:
@@ -140,7 +143,7 @@ def test_to_dict_has_exactly_the_spec_keys() -> None:
 def test_to_dict_values() -> None:
     a = make_alert()
     doc = a.to_dict("replay", START + HOUR + 5, "1.2.3")
-    assert doc["schema"] == SCHEMA == "frwatch.alert/v1"
+    assert doc["schema"] == SCHEMA == "frwatch.alert/v2"
     assert doc["alert_id"] == a.alert_id
     assert (doc["rule_id"], doc["severity"], doc["group_by"], doc["group_key"]) == (
         "FR-001",
@@ -150,7 +153,8 @@ def test_to_dict_values() -> None:
     )
     assert doc["account"] == a.account
     assert doc["window"] == {"start": "2026-11-18T07:00:00.000Z", "end": "2026-11-18T08:00:00.000Z"}
-    assert doc["observed"] == {"count": 3, "distinct": None}
+    assert doc["observed"] == {"count": 3, "distinct": None, "estimated": False}
+    assert (doc["status"], doc["revision"], doc["related"]) == ("open", 0, [])
     assert doc["detected_at"] == "2026-11-18T08:00:00.005Z"
     assert doc["mode"] == "replay"
     assert doc["detector"] == {
@@ -225,7 +229,11 @@ def test_account_keeps_only_the_spec_fields() -> None:
 
 def test_distinct_rule_reports_distinct() -> None:
     a = make_alert(rule_id="FR-006", group_by="org_id", group_key="org-1", count=50, distinct=50)
-    assert a.to_dict("live", START, "v")["observed"] == {"count": 50, "distinct": 50}
+    assert a.to_dict("live", START, "v")["observed"] == {
+        "count": 50,
+        "distinct": 50,
+        "estimated": False,
+    }
 
 
 def test_to_json_is_to_dict_as_json() -> None:

@@ -400,7 +400,11 @@ def _mutated(path: tuple[str | int, ...], value: object) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("path", "value"),
     [
-        (("schema",), "frwatch.alert/v2"),
+        (("schema",), "frwatch.alert/v1"),
+        (("status",), "resolved"),
+        (("revision",), -1),
+        (("related",), ["nope"]),
+        (("observed", "estimated"), ...),
         (("alert_id",), "72DD24C5D4E39586A24C9E5968F190B2"),
         (("alert_id",), "72dd24c5"),
         (("severity",), "info"),
