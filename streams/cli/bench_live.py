@@ -39,6 +39,8 @@ def _bench_settings(base: Settings, name: str, port: int) -> Settings:
             "topic_accounts": f"{name}.accounts",
             "topic_alerts": f"{name}.alerts",
             "topic_dlq": f"{name}.dlq",
+            "topic_exceptions": f"{name}.exceptions",
+            "topic_rules": f"{name}.rules",
             "partitions": base.partitions,
             "screening_processes": base.screening_processes,
             "store": base.store,
@@ -58,6 +60,8 @@ def _env(s: Settings) -> dict[str, str]:
         "FRWATCH_TOPIC_ACCOUNTS": s.topic_accounts,
         "FRWATCH_TOPIC_ALERTS": s.topic_alerts,
         "FRWATCH_TOPIC_DLQ": s.topic_dlq,
+        "FRWATCH_TOPIC_EXCEPTIONS": s.topic_exceptions,
+        "FRWATCH_TOPIC_RULES": s.topic_rules,
         "FRWATCH_PARTITIONS": str(s.partitions),
         "FRWATCH_SCREENING_PROCESSES": str(s.screening_processes),
         "FRWATCH_STORE": s.store,
@@ -360,7 +364,13 @@ def measure_live(
             stderr=subprocess.STDOUT,
         )
         try:
-            samples, rss = _watch_worker(worker, s.web_port, n_events, say)
+            try:
+                samples, rss = _watch_worker(worker, s.web_port, n_events, say)
+            except RuntimeError as exc:  # say why, from the worker's own last lines
+                log.flush()
+                with open(os.path.join(wd, "worker.log"), "rb") as fh:
+                    tail = fh.read()[-2000:].decode("utf-8", "replace")
+                raise RuntimeError(f"{exc}; the end of its log:\n{tail}") from None
             detector_eps = _rate(samples, n_events)
             say(f"bench: latency at {detector_eps / 2:,.0f} events/s offered ...")
             lat = asyncio.run(_latency(s, detector_eps / 2, 10.0, batch, say))
